@@ -1,0 +1,58 @@
+# The README's two commands: `make run` (the daemon) and `make test` (the whole suite).
+
+VENV      ?= .venv
+PYTHON    ?= python3
+PY        := $(VENV)/bin/python
+CONFIG    ?= configs/monitor.yaml
+# Installed before the package so that its torch range is already met (CPU build here; a GPU
+# box gets the CUDA build of the same version from PyPI). Override: make run TORCH=torch==X
+TORCH     ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+RUN_DEBS  := libportaudio2 libsndfile1
+TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl
+
+.PHONY: run test check bench debs clean
+
+run: $(VENV)/.run-installed
+	@$(MAKE) --no-print-directory debs DEBS="$(RUN_DEBS)"
+	$(VENV)/bin/audio-monitor run -c $(CONFIG)
+
+test: $(VENV)/.dev-installed
+	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: $(VENV)/.run-installed
+	$(VENV)/bin/audio-monitor check -c $(CONFIG)
+
+bench: $(VENV)/.dev-installed
+	$(PY) bench/engine.py --size small
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.torch: $(VENV)/bin/python
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	touch $@
+
+$(VENV)/.run-installed: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.run-installed
+
+# System packages, installed only when missing and only as root (elsewhere: a hint).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

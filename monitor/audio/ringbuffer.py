@@ -1,0 +1,123 @@
+"""A fixed-memory ring of mono float32 samples addressed by absolute sample index.
+
+One writer (the capture side) and any number of readers, without a lock: the writer copies
+samples in and then publishes the new total; a reader copies out and then checks that the
+writer did not lap the range while it was copying. Asking for samples that are gone raises
+`Overwritten`: a reader gets the audio it asked for or an error, never stale data.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+
+class Overwritten(LookupError):
+    """The requested samples were already overwritten by newer audio."""
+
+
+class NotYetWritten(LookupError):
+    """The requested samples have not been captured yet."""
+
+
+class RingBuffer:
+    """Single-writer ring buffer; absolute indices start at 0 with the first sample ever written."""
+
+    def __init__(self, capacity: int, sample_rate: int):
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = int(capacity)
+        self.sample_rate = int(sample_rate)
+        self._data = np.zeros(self.capacity, dtype=np.float32)
+        self._written = 0  # published total; only the writer assigns it
+        self._reserved = 0  # total the writer is about to reach (set before it copies)
+        self._anchor = (0, time.time())  # (absolute index, wall time of that sample)
+        self._new_data = threading.Event()
+        self.closed = False
+
+    @property
+    def written(self) -> int:
+        """Total samples ever written: the absolute index one past the newest sample."""
+        return self._written
+
+    @property
+    def oldest(self) -> int:
+        """The oldest absolute index still held."""
+        return max(0, self._written - self.capacity)
+
+    def write(self, samples: np.ndarray, wall_time: float | None = None) -> None:
+        """Append samples (writer thread only). `wall_time`: when the last sample was captured."""
+        n = len(samples)
+        if n == 0:
+            return
+        if n > self.capacity:  # only the newest capacity samples can survive anyway
+            self._reserved = self._written + n
+            self._written += n - self.capacity
+            samples = samples[-self.capacity :]
+            n = self.capacity
+        self._reserved = self._written + n
+        start = self._written % self.capacity
+        first = min(n, self.capacity - start)
+        self._data[start : start + first] = samples[:first]
+        if first < n:
+            self._data[: n - first] = samples[first:]
+        total = self._written + n
+        if wall_time is not None:
+            self._anchor = (total, wall_time)
+        self._written = total
+        self._new_data.set()
+
+    def write_silence(self, n: int) -> None:
+        """Append n zero samples (used to keep the timeline when capture lost audio)."""
+        while n > 0:
+            chunk = min(n, self.capacity)
+            self.write(np.zeros(chunk, dtype=np.float32))
+            n -= chunk
+
+    def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Copy of samples [start, end); raises Overwritten or NotYetWritten."""
+        if end < start:
+            raise ValueError(f"end {end} before start {start}")
+        written = self._written
+        if end > written:
+            raise NotYetWritten(f"samples up to {end} requested, only {written} written")
+        if start < written - self.capacity or start < 0:
+            raise Overwritten(f"samples from {start} requested, oldest held is {max(0, written - self.capacity)}")
+        n = end - start
+        buf = np.empty(n, dtype=np.float32) if out is None else out[:n]
+        i = start % self.capacity
+        first = min(n, self.capacity - i)
+        buf[:first] = self._data[i : i + first]
+        if first < n:
+            buf[first:] = self._data[: n - first]
+        # The writer may have lapped us while we copied: then part of buf is newer audio.
+        if start < self._reserved - self.capacity:
+            raise Overwritten(f"samples from {start} were overwritten while being read")
+        return buf
+
+    def time_of(self, index: int) -> float:
+        """Wall-clock time (epoch seconds) of an absolute sample index."""
+        anchor_index, anchor_time = self._anchor
+        return anchor_time - (anchor_index - index) / self.sample_rate
+
+    def wait_for(self, index: int, timeout: float) -> bool:
+        """Block until `index` samples exist (True), or timeout / close (False)."""
+        deadline = time.monotonic() + timeout
+        while self._written < index:
+            if self.closed:
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._new_data.clear()
+            if self._written >= index:
+                break
+            self._new_data.wait(min(remaining, 0.25))
+        return True
+
+    def close(self) -> None:
+        """No more data will come: wake every waiter."""
+        self.closed = True
+        self._new_data.set()

@@ -1,0 +1,218 @@
+"""The daemon's configuration: typed sections that mirror the YAML tree.
+
+Every problem — unknown key, wrong type, value out of range, a bad `--set` — is reported as
+`FILE:LINE: key.path: message`, all of them in one go (see `load_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+
+from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
+from monitor.engine.settings import ModelSettings
+from monitor.publish.settings import MqttSettings
+from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, pydantic_problems
+
+MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/audio-monitor/monitor.yaml"),)
+
+
+class AudioSettings(Section):
+    """Where sound comes from and how much of it is kept."""
+
+    source: str = "mic"
+    """`mic` (a sound card via PortAudio) or `file:PATH` (WAV/FLAC/OGG, any rate and channels)."""
+    device: int | str | None = None
+    """Input device: an index or a substring of its name (see `audio-monitor devices`); null = system default."""
+    sample_rate: int | None = Field(None, ge=8000, le=384_000)
+    """Capture rate asked of the device; null = the device's default. Converted to 16 kHz."""
+    channels: int = Field(1, ge=1, le=32)
+    """Channels captured; they are averaged to mono."""
+    buffer_seconds: Duration = 60.0
+    """Seconds of 16 kHz audio kept in memory (windows, evidence clips' pre-roll)."""
+    block: Duration = Field(0.05, gt=0, le=1)
+    """Capture block size (latency of the audio callback)."""
+    realtime: bool = True
+    """For `file:` sources: pace the file in real time (true) or read it as fast as it is processed."""
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value == "mic":
+            return value
+        if value.startswith("file:") and len(value) > 5:
+            raw = value[5:]
+            path = resolve_path(CliText(raw) if isinstance(value, CliText) else raw, info)
+            return f"file:{path}"
+        raise ValueError("must be `mic` or `file:PATH`")
+
+    @property
+    def file_path(self) -> Path | None:
+        """The file of a `file:` source, else None."""
+        return Path(self.source[5:]) if self.source.startswith("file:") else None
+
+
+class WindowSettings(Section):
+    """The sliding windows the model is asked about."""
+
+    length: Duration = Field(8.0, ge=0.5, le=30)
+    """Seconds of audio in each window (the model hears at most 30 s)."""
+    hop: Duration = Field(2.0, gt=0, le=30)
+    """A new window every `hop`; windows overlap by `length - hop`."""
+
+
+class VadSettings(Section):
+    """webrtcvad speech detection, used by gates and to find utterances."""
+
+    aggressiveness: int = Field(2, ge=0, le=3)
+    """0 (lenient, more false speech) to 3 (strict)."""
+
+
+class LogSettings(Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Section):
+    """The whole daemon configuration."""
+
+    node_id: str = Field("audio_monitor", pattern=r"^[a-z0-9_]+$", max_length=64)
+    """This monitor's id: names its MQTT topics and its Home Assistant device. [a-z0-9_]."""
+    name: str | None = None
+    """Human name of this monitor (Home Assistant device name); defaults from node_id."""
+    audio: AudioSettings = AudioSettings()
+    windows: WindowSettings = WindowSettings()
+    vad: VadSettings = VadSettings()
+    model: ModelSettings = ModelSettings()
+    mqtt: MqttSettings = MqttSettings()
+    rules: ConfigPath = Path("rules")
+    """A rule file, or a folder of *.yaml rule files."""
+    state_dir: ConfigPath = Path("state")
+    """Writable folder for the outbox, clips and other state."""
+    log: LogSettings = LogSettings()
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.node_id.replace("_", " ").title()
+
+
+def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """Checks that involve several keys; each names the key the user should change."""
+    out = []
+    w = config.windows
+    if w.hop > w.length:
+        out.append((("windows", "hop"), f"must not exceed windows.length ({w.length:g}s): audio between windows would never be heard"))
+    need = w.length + 2 * w.hop
+    if config.audio.buffer_seconds < need:
+        out.append((("audio", "buffer_seconds"), f"must hold at least a window and two hops ({need:g}s), got {config.audio.buffer_seconds:g}s"))
+    return out
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _expand(data: Any, loc: tuple[Any, ...], located: Located, problems: list[Problem]) -> Any:
+    if isinstance(data, dict):
+        return {k: _expand(v, (*loc, k), located, problems) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand(v, (*loc, i), located, problems) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+        try:
+            return type(data)(expand_env(data))
+        except ValueError as exc:
+            problems.append(Problem(located.source, located.line_of(loc), format_loc(loc), str(exc)))
+    return data
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """'windows.hop=2s' -> (('windows', 'hop'), '2s'); values are YAML scalars."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set {text!r}: expected key.path=value, e.g. --set windows.hop=2s")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = CliText(value)
+    return tuple(key.split(".")), value
+
+
+def _apply_override(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read, expand ${ENV}, apply `--set` overrides and validate; raise ValidationFailed with every problem."""
+    if path is None:
+        located = Located({}, "<defaults>")
+        base_dir = Path.cwd()
+    else:
+        located = load_yaml(path)
+        base_dir = Path(path).resolve().parent
+    problems: list[Problem] = []
+    data = located.data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValidationFailed([Problem(located.source, 1, "", "the config must be a mapping of keys (node_id:, audio:, ...)")])
+    data = _expand(data, (), located, problems)
+
+    override_locs: dict[tuple[Any, ...], str] = {}
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(Problem("--set", None, "", str(exc)))
+            continue
+        _apply_override(data, key, value)
+        override_locs[key] = text
+
+    config = None
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(exc, located, overrides=override_locs))
+    if config is not None:
+        for loc, message in cross_checks(config):
+            if loc in override_locs:
+                problems.append(Problem("--set", None, format_loc(loc), message))
+            else:
+                problems.append(Problem(located.source, located.line_of(loc), format_loc(loc), message))
+    if problems:
+        raise ValidationFailed(sorted(problems, key=lambda p: (p.source == "--set", p.line or 0)))
+    assert config is not None
+    return config
+
+
+def default_config_path() -> Path | None:
+    """$AUDIO_MONITOR_CONFIG, else /etc/audio-monitor/monitor.yaml, else configs/monitor.yaml here."""
+    env = os.environ.get("AUDIO_MONITOR_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (*DEFAULT_CONFIG_PATHS, Path("configs/monitor.yaml")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""MQTT publishing: durable outbox, client, Home Assistant discovery."""
