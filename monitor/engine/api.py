@@ -1,0 +1,65 @@
+"""What goes into the engine thread and what comes out: small dataclasses, no torch.
+
+A `Request` carries a window and the questions to ask about it (the rule engine chose them:
+gates and schedules already applied). A `Result` carries the answers, or the error that
+stopped them, attached to the window it belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from monitor.windows import Window
+
+
+@dataclass(frozen=True)
+class Question:
+    """A yes/no question, scored as P(yes) / (P(yes) + P(no))."""
+
+    key: str  # the rule id; unique within a request
+    prompt: str
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """A free-text question about one segment of the window (usually a speech utterance)."""
+
+    key: str
+    prompt: str
+    start: int  # absolute sample indices, inside the window
+    end: int
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class Request:
+    window: Window
+    questions: tuple[Question, ...] = ()
+    texts: tuple[TextTask, ...] = ()
+
+
+@dataclass(frozen=True)
+class Score:
+    score: float  # P(yes) / (P(yes) + P(no))
+    baseline: float  # the same question's score on silence (calibration)
+
+    @property
+    def lift(self) -> float:
+        return self.score - self.baseline
+
+
+@dataclass(frozen=True)
+class Transcript:
+    key: str
+    text: str
+    start: int  # absolute sample indices of the segment that was answered
+    end: int
+
+
+@dataclass
+class Result:
+    window: Window
+    scores: dict[str, Score] = field(default_factory=dict)
+    texts: list[Transcript] = field(default_factory=list)
+    error: str | None = None  # set when the window failed (OOM, ...); scores/texts then empty
+    engine_ms: float = 0.0
