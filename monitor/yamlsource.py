@@ -72,18 +72,25 @@ def format_loc(loc: Iterable[Any]) -> str:
 def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], loader: yaml.SafeLoader) -> Any:
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+        explicit = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # puts the entries of `<<: *anchor` first
+        merged = len(node.value) - explicit
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        from_merge: set[Any] = set()  # keys a merge supplied: an explicit key may override them
+        for index, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             if isinstance(key, list):
                 key = tuple(key)
             child = (*loc, key)
             lines[child] = key_node.start_mark.line + 1
-            if key in out:
+            if key in out and key not in from_merge:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
+            if index < merged:
+                from_merge.add(key)
+            else:
+                from_merge.discard(key)
             out[key] = _construct(value_node, child, lines, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
