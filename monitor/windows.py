@@ -194,8 +194,13 @@ class WindowScheduler:
                 behind = (written - next_end) // self.hop
                 self.skipped += behind
                 next_end += behind * self.hop
-            window = self._cut(next_end - self.length, next_end)
+            if not self.source.live:  # peek one sample ahead: is this the file's last window?
+                self.source.wait_for(next_end + 1, timeout=0)
+            final = self.source.finished and self.ring.written == next_end
+            window = self._cut(next_end - self.length, next_end, final=final)
             if window is not None:
                 last_end = next_end
                 yield window
+            if final:
+                return
             next_end += self.hop
