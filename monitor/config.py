@@ -78,6 +78,31 @@ class VadSettings(Section):
     """0 (lenient, more false speech) to 3 (strict)."""
 
 
+class MetricsSettings(Section):
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 lets a Prometheus on another machine scrape it."""
+    port: int = Field(9464, ge=0, le=65535)
+    """TCP port of /metrics (0 picks a free one)."""
+
+
+class ClipSettings(Section):
+    """Evidence clips: the audio that turned a rule ON, saved as WAV under state_dir/clips."""
+
+    enabled: bool = True
+    """Global switch; nothing is saved while muted, whatever this says."""
+    pre_roll: Duration = Field(2.0, ge=0, le=30)
+    """Seconds before the window that are saved with it (taken from the ring buffer)."""
+    text_rules: bool = False
+    """Also save clips for text and match events (speech: off by default for privacy)."""
+    max_age: Duration = Field(7 * 86400.0, gt=0)
+    """Clips older than this are deleted."""
+    max_total_mb: float = Field(500.0, gt=0)
+    """When all clips together pass this size, the oldest are deleted first."""
+
+
 class LogSettings(Section):
     """Logging."""
 
@@ -101,6 +126,12 @@ class Config(Section):
     state_dir: ConfigPath = Path("state")
     """Writable folder for the outbox, clips and other state."""
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    clips: ClipSettings = ClipSettings()
+    scores_log: ConfigPath | None = None
+    """Append every window's level, speech ratio and scores to this JSONL file (for tuning), as replay writes."""
+    stop_timeout: Duration = Field(10.0, gt=0, le=300)
+    """On SIGTERM: how long to wait for the window in flight and for the broker to take the outbox."""
 
     @property
     def display_name(self) -> str:
@@ -113,9 +144,9 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     w = config.windows
     if w.hop > w.length:
         out.append((("windows", "hop"), f"must not exceed windows.length ({w.length:g}s): audio between windows would never be heard"))
-    need = w.length + 2 * w.hop
+    need = w.length + 2 * w.hop + config.clips.pre_roll
     if config.audio.buffer_seconds < need:
-        out.append((("audio", "buffer_seconds"), f"must hold at least a window and two hops ({need:g}s), got {config.audio.buffer_seconds:g}s"))
+        out.append((("audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {config.audio.buffer_seconds:g}s"))
     return out
 
 

@@ -1,0 +1,97 @@
+"""Evidence clips: the audio that turned a rule ON, kept as WAV files for a person to check.
+
+Retention by age and total size, oldest first, never deleting a clip that an event still
+waiting in the MQTT outbox refers to (a hub may fetch it once the event arrives).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from monitor.audio.ringbuffer import Overwritten, RingBuffer
+from monitor.config import ClipSettings
+from monitor.events import Event
+
+log = logging.getLogger(__name__)
+
+
+class ClipStore:
+    """Writes and prunes clips in one folder (owned by the daemon's control thread)."""
+
+    def __init__(self, folder: Path, settings: ClipSettings, clock: Callable[[], float] = time.time):
+        self.folder = Path(folder)
+        self.settings = settings
+        self.clock = clock
+        self.saved = 0
+        self.deleted = 0
+        self._warned = False
+
+    def wants(self, event: Event, rule_kind: str) -> bool:
+        """Whether this event gets a clip: ON events, and text/match events only when allowed."""
+        if not self.settings.enabled:
+            return False
+        if event.kind == "on":
+            return True
+        return event.kind in ("text", "match") and self.settings.text_rules and rule_kind in ("text", "match")
+
+    def save(self, event: Event, ring: RingBuffer, start: int, end: int) -> Path | None:
+        """Save samples [start - pre_roll, end) of the ring; None (logged) when it cannot."""
+        first = max(ring.oldest, start - int(self.settings.pre_roll * ring.sample_rate), 0)
+        try:
+            audio = ring.read(first, min(end, ring.written))
+        except (Overwritten, LookupError) as exc:
+            log.warning("clip for %s not saved: the audio is no longer in memory (%s)", event.rule_id, exc)
+            return None
+        stamp = datetime.fromtimestamp(event.ts).strftime("%Y%m%d-%H%M%S")
+        path = self.folder / f"{stamp}_{event.rule_id}_{event.id[:8]}.wav"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            sf.write(path, np.clip(audio, -1.0, 1.0), ring.sample_rate, subtype="PCM_16")
+        except OSError as exc:
+            if not self._warned:
+                log.error("clips: cannot write %s (%s); check that state_dir is writable and not full", path, exc)
+                self._warned = True
+            return None
+        self.saved += 1
+        return path
+
+    def prune(self, keep: Iterable[str] = ()) -> list[Path]:
+        """Delete clips past max_age, then the oldest until under max_total_mb; never those in `keep`."""
+        if not self.folder.is_dir():
+            return []
+        protected = {str(Path(p)) for p in keep}
+        clips = []
+        for path in self.folder.glob("*.wav"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            clips.append((st.st_mtime, path.name, path, st.st_size))
+        clips.sort()  # oldest first (name breaks ties: it starts with the time)
+        now = self.clock()
+        total = sum(size for *_, size in clips)
+        limit = self.settings.max_total_mb * 1024 * 1024
+        deleted = []
+        for mtime, _name, path, size in clips:
+            too_old = now - mtime > self.settings.max_age
+            too_big = total > limit
+            if not (too_old or too_big):
+                break  # sorted by age: the rest are younger, and the size is within bounds
+            if str(path) in protected:
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("clips: cannot delete %s (%s)", path, exc)
+                continue
+            total -= size
+            deleted.append(path)
+        self.deleted += len(deleted)
+        return deleted
