@@ -42,6 +42,7 @@ class Request:
 class Score:
     score: float  # P(yes) / (P(yes) + P(no))
     baseline: float  # the same question's score on silence (calibration)
+    mass: float | None = None  # P(yes) + P(no) over the whole vocabulary: low = the model hardly meant yes or no
 
     @property
     def lift(self) -> float:
