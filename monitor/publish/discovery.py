@@ -1,0 +1,186 @@
+"""Home Assistant device-based MQTT discovery for one monitor.
+
+One retained payload on `{discovery_prefix}/device/{node}/config` describes the device (`dev`), the
+software that made the payload (`o`) and every entity (`cmps`):
+
+- per yes_no rule: a `binary_sensor` (ON/OFF state) and an `event` entity (event types on/off);
+- per text rule: a `sensor` holding the last answer and an `event` entity (event type text);
+- per match rule: an `event` entity (event type match);
+- a mute `switch`, a sound-level `sensor` and a rule-reload `button`.
+
+Every component is bound to the monitor's availability topic. Home Assistant keeps a component
+that is merely left out of a later payload; it removes one that is sent with nothing but its
+platform (`{"p": "binary_sensor"}`). The components ever published are therefore remembered in
+`state_dir/discovery.json`, and those of removed rules keep being sent as such tombstones, so a
+Home Assistant that was offline during the change still removes them when it reads the payload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from monitor.publish.topics import Topics, check_segment
+
+log = logging.getLogger(__name__)
+
+EntityKind = Literal["yes_no", "text", "match"]
+
+# Home Assistant's BinarySensorDeviceClass values; anything else makes it reject the entity.
+BINARY_SENSOR_CLASSES = frozenset({
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door", "gas",
+    "heat", "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug", "power",
+    "presence", "problem", "running", "safety", "smoke", "sound", "tamper", "update", "vibration", "window",
+})
+
+EVENT_TYPES: dict[str, list[str]] = {"yes_no": ["on", "off"], "text": ["text"], "match": ["match"]}
+
+SENSOR_TEXT_MAX = 255  # Home Assistant refuses a sensor state longer than this
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """What the daemon tells the publisher about one rule, for Home Assistant."""
+
+    id: str  # the rule id; names topics and entity unique ids
+    name: str
+    kind: EntityKind
+    device_class: str | None = None  # binary_sensor device class (yes_no rules)
+    icon: str | None = None  # e.g. "mdi:baby-face-outline"
+
+
+def _availability(topics: Topics) -> dict[str, Any]:
+    return {"availability_topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
+
+
+def _unique(topics: Topics, component: str) -> str:
+    # node ids are [a-z0-9_], so "-" separates node and component without ambiguity
+    return f"audio_monitor-{topics.node}-{component}"
+
+
+def rule_components(spec: EntitySpec, topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
+    """The components of one rule, keyed by component id."""
+    check_segment(spec.id, "rule id")
+    if spec.kind not in EVENT_TYPES:
+        raise ValueError(f"rule {spec.id}: unknown entity kind {spec.kind!r} (yes_no, text or match)")
+    avail = _availability(topics)
+    out: dict[str, dict[str, Any]] = {}
+    icon = {"icon": spec.icon} if spec.icon else {}
+    if spec.kind == "yes_no":
+        comp: dict[str, Any] = {
+            "p": "binary_sensor", "name": spec.name, "unique_id": _unique(topics, f"{spec.id}_state"),
+            "state_topic": topics.rule_state(spec.id), "payload_on": "ON", "payload_off": "OFF", "qos": qos, **avail, **icon,
+        }
+        if spec.device_class:
+            if spec.device_class in BINARY_SENSOR_CLASSES:
+                comp["device_class"] = spec.device_class
+            else:
+                log.warning("rule %s: device_class %r is not a Home Assistant binary_sensor class; left out "
+                            "(use one of %s)", spec.id, spec.device_class, ", ".join(sorted(BINARY_SENSOR_CLASSES)))
+        out[f"{spec.id}_state"] = comp
+    if spec.kind == "text":
+        out[f"{spec.id}_text"] = {
+            "p": "sensor", "name": spec.name, "unique_id": _unique(topics, f"{spec.id}_text"),
+            "state_topic": topics.rule_text(spec.id), "qos": qos, **avail, **(icon or {"icon": "mdi:text-box-outline"}),
+        }
+    event_name = spec.name if spec.kind == "match" else f"{spec.name} event"
+    out[f"{spec.id}_event"] = {
+        "p": "event", "name": event_name, "unique_id": _unique(topics, f"{spec.id}_event"),
+        "state_topic": topics.rule_event(spec.id), "event_types": EVENT_TYPES[spec.kind], "qos": qos, **avail, **icon,
+    }
+    return out
+
+
+def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
+    """The mute switch, the sound-level sensor and the reload button every monitor has."""
+    avail = _availability(topics)
+    return {
+        "mute": {
+            "p": "switch", "name": "Mute", "unique_id": _unique(topics, "mute"),
+            "command_topic": topics.command("mute"), "state_topic": topics.mute_state,
+            "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:microphone-off", "entity_category": "config",
+            "qos": qos, **avail,
+        },
+        "level": {
+            "p": "sensor", "name": "Sound level", "unique_id": _unique(topics, "level"),
+            "state_topic": topics.level, "unit_of_measurement": "dBFS", "state_class": "measurement",
+            "suggested_display_precision": 1, "icon": "mdi:waveform", "entity_category": "diagnostic", **avail,
+        },
+        "reload": {
+            "p": "button", "name": "Reload rules", "unique_id": _unique(topics, "reload"),
+            "command_topic": topics.command("reload"), "payload_press": "PRESS", "icon": "mdi:reload",
+            "entity_category": "config", "qos": qos, **avail,
+        },
+    }
+
+
+def build_payload(
+    entities: list[EntitySpec], topics: Topics, node_name: str, version: str, qos: int,
+    tombstones: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The device discovery payload; `tombstones` (component id -> platform) are sent for removal."""
+    seen: set[str] = set()
+    cmps: dict[str, dict[str, Any]] = {}
+    for spec in entities:
+        if spec.id in seen:
+            raise ValueError(f"rule id {spec.id!r} appears twice; rule ids must be unique")
+        seen.add(spec.id)
+        cmps.update(rule_components(spec, topics, qos))
+    cmps.update(fixed_components(topics, qos))
+    for comp_id, platform in sorted((tombstones or {}).items()):
+        if comp_id not in cmps:
+            cmps[comp_id] = {"p": platform}
+    return {
+        "dev": {
+            "ids": [f"audio_monitor_{topics.node}"],
+            "name": node_name,
+            "mf": "audio-monitor",
+            "mdl": "audio-monitor",
+            "sw": version,
+        },
+        "o": {"name": "audio-monitor", "sw": version},
+        "cmps": cmps,
+    }
+
+
+class ComponentMemory:
+    """Which components were published, and the removed ones still sent as tombstones."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.components: dict[str, str] = {}
+        self.removed: dict[str, str] = {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.components = {str(k): str(v) for k, v in dict(data.get("components", {})).items()}
+            self.removed = {str(k): str(v) for k, v in dict(data.get("removed", {})).items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s); Home Assistant entities of rules removed earlier may stay until "
+                        "deleted by hand", self.path, exc)
+
+    def update(self, current: dict[str, str]) -> dict[str, str]:
+        """Record the current components (id -> platform); return the tombstones to send."""
+        for comp_id, platform in self.components.items():
+            if comp_id not in current:
+                self.removed[comp_id] = platform
+        for comp_id in current:
+            self.removed.pop(comp_id, None)
+        self.components = dict(current)
+        self._save()
+        return dict(self.removed)
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"components": self.components, "removed": self.removed}, indent=1, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("cannot save %s (%s); entities of rules removed before a restart may stay in Home Assistant",
+                        self.path, exc)

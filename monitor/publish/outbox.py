@@ -1,0 +1,176 @@
+"""The durable outbox: every event is on disk before it is sent, and leaves only when acknowledged.
+
+A hub calls for help on these events, so an event accepted by `add` survives a dead broker, a
+SIGKILL and (with `fsync`) a power cut. Rows are numbered by an AUTOINCREMENT key, so the order of
+acceptance is the order of sending, also after a restart, and a number is never reused even when
+the table runs empty.
+
+Thread use: one `Outbox` is shared by the caller that adds events and the publisher's worker that
+sends and deletes them; a lock serialises the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic   TEXT    NOT NULL,
+    payload BLOB    NOT NULL,
+    created REAL    NOT NULL,
+    ident   TEXT,
+    clip    TEXT
+)
+"""
+
+
+class OutboxError(Exception):
+    """The outbox file cannot be opened or written; the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One waiting message."""
+
+    seq: int
+    topic: str
+    payload: bytes
+    ident: str | None
+
+
+class Outbox:
+    """SQLite (WAL) queue of messages that must reach the broker, oldest first."""
+
+    def __init__(self, path: Path, max_rows: int = 100_000, fsync: bool = True):
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.dropped = 0  # rows dropped because the outbox was full (each one logged)
+        self._lock = threading.Lock()
+        self._db = self._open(fsync)
+        self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        if self._depth:
+            log.info("outbox %s holds %d event(s) from before; they are sent first", self.path, self._depth)
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self, fsync: bool) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"cannot create the folder {self.path.parent} for the outbox: {exc.strerror}; check state_dir") from None
+        try:
+            return self._connect(fsync)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise OutboxError(f"cannot open the outbox {self.path}: {exc}; check that state_dir is writable") from None
+            # A damaged file must not stop the monitor from raising alarms: set it aside, start afresh.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists():
+                    part.rename(Path(f"{aside}{suffix}"))
+            log.error("outbox %s is damaged (%s); moved it to %s and started an empty one (recover events from it with sqlite3 if needed)",
+                      self.path, exc, aside)
+            try:
+                return self._connect(fsync)
+            except sqlite3.DatabaseError as exc2:
+                raise OutboxError(f"cannot create the outbox {self.path}: {exc2}; check state_dir") from None
+
+    def _connect(self, fsync: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("outbox %s: SQLite refused WAL mode (got %s); continuing", self.path, mode)
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.execute(_SCHEMA)
+            db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    # ------------------------------------------------------------------ use
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting (sent or not) for the broker's acknowledgement."""
+        return self._depth
+
+    def add(self, topic: str, payload: bytes, ident: str | None = None, clip: str | None = None) -> int:
+        """Store a message durably; return its sequence number. Drops (and logs) the oldest when full."""
+        with self._lock:
+            try:
+                if self._depth >= self.max_rows:
+                    self._drop_oldest(self._depth - self.max_rows + 1)
+                cur = self._db.execute(
+                    "INSERT INTO outbox (topic, payload, created, ident, clip) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, time.time(), ident, clip),
+                )
+            except sqlite3.ProgrammingError:
+                raise OutboxError(f"outbox {self.path} is closed (publisher stopped); the event was not stored") from None
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot write to the outbox {self.path}: {exc}; check free space in state_dir") from None
+            self._depth += 1
+            return int(cur.lastrowid)
+
+    def _drop_oldest(self, count: int) -> None:
+        oldest = self._db.execute("SELECT seq, topic, ident FROM outbox ORDER BY seq LIMIT ?", (count,)).fetchall()
+        self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (count,))
+        self._depth -= len(oldest)
+        self.dropped += len(oldest)
+        for _seq, old_topic, old_id in oldest:
+            log.error("outbox full (%d events waiting, mqtt.outbox.max_events): dropped the oldest event %s on %s; "
+                      "the broker has been unreachable for long, check it", self.max_rows, old_id, old_topic)
+
+    def after(self, seq: int, limit: int) -> list[Row]:
+        """Up to `limit` rows with a sequence number above `seq`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, payload, ident FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+        return [Row(int(s), t, bytes(p), i) for s, t, p, i in rows]
+
+    def clips(self) -> set[str]:
+        """Evidence clips named by waiting events (clip retention must keep these)."""
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT DISTINCT clip FROM outbox WHERE clip IS NOT NULL").fetchall()
+            except sqlite3.Error as exc:
+                log.warning("outbox %s: cannot list clips of waiting events (%s)", self.path, exc)
+                return set()
+        return {r[0] for r in rows}
+
+    def remove(self, seqs: list[int]) -> None:
+        """Forget acknowledged rows (one transaction for the lot)."""
+        if not seqs:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                removed = 0
+                for seq in seqs:
+                    removed += self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                # Not fatal: the rows are sent again later, and a hub drops duplicates by event id.
+                log.error("outbox %s: cannot delete acknowledged events (%s); they will be sent again", self.path, exc)
+                return
+            self._depth -= removed
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:  # pragma: no cover - closing a healthy connection does not fail
+                log.warning("outbox %s: close failed: %s", self.path, exc)

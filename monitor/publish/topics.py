@@ -1,0 +1,96 @@
+"""Every MQTT topic the monitor uses, built from validated segments.
+
+Ids that become topic segments (node id, rule ids) are checked here, at the one place topics are
+made, so that no rule id or payload can reach into another topic with `/`, `+` or `#`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_PATH = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+
+
+def check_segment(value: str, what: str) -> str:
+    """Return `value` if it is one safe topic segment ([A-Za-z0-9_-], 1-64 chars); else ValueError."""
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise ValueError(
+            f"{what} {value!r} cannot be used in an MQTT topic: use 1-64 of the characters A-Z a-z 0-9 _ -"
+        )
+    return value
+
+
+def check_path(value: str, what: str) -> str:
+    """Return `value` if it is one or more safe segments joined by `/`; else ValueError."""
+    if not isinstance(value, str) or not _PATH.match(value):
+        raise ValueError(f"{what} {value!r} is not a valid topic prefix: segments of A-Z a-z 0-9 _ - joined by /")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic tree of one monitor: {prefix}/{node}/... and the Home Assistant ones."""
+
+    prefix: str
+    node: str
+    discovery_prefix: str = "homeassistant"
+
+    def __post_init__(self) -> None:
+        check_path(self.prefix, "mqtt.topic_prefix")
+        check_segment(self.node, "node_id")
+        check_path(self.discovery_prefix, "mqtt.discovery.prefix")
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.node}"
+
+    @property
+    def status(self) -> str:
+        """`online` / `offline` (retained; `offline` is also the Last Will)."""
+        return f"{self.base}/status"
+
+    @property
+    def info(self) -> str:
+        """Retained JSON health: last rule reload, lag, skipped windows, outbox depth."""
+        return f"{self.base}/info"
+
+    @property
+    def mute_state(self) -> str:
+        return f"{self.base}/mute"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.base}/scores"
+
+    @property
+    def level(self) -> str:
+        return f"{self.base}/level"
+
+    @property
+    def command_filter(self) -> str:
+        """Subscription for inbound commands: {base}/set/+."""
+        return f"{self.base}/set/+"
+
+    def command(self, name: str) -> str:
+        return f"{self.base}/set/{check_segment(name, 'command')}"
+
+    def rule_state(self, rule_id: str) -> str:
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/state"
+
+    def rule_event(self, rule_id: str) -> str:
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/event"
+
+    def rule_text(self, rule_id: str) -> str:
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/text"
+
+    @property
+    def discovery(self) -> str:
+        """Device-based discovery: {discovery_prefix}/device/{node}/config."""
+        return f"{self.discovery_prefix}/device/{self.node}/config"
+
+    @property
+    def ha_status(self) -> str:
+        """Home Assistant's birth / last-will topic."""
+        return f"{self.discovery_prefix}/status"
