@@ -188,9 +188,8 @@ class Daemon:
         self.notifier.status("loading the model")
         log.info("loading model %s", cfg.model.path or cfg.model.id)
         error = self.pipeline.load_model()
-        if error is not None:
-            log.error("%s", error)
-            self._shutdown(clean=False)
+        if error is not None:  # the engine thread has logged the one line saying what to do
+            self._shutdown()
             return 1
         if self._stop.is_set():
             self._shutdown()
@@ -232,10 +231,10 @@ class Daemon:
             if result is not None:
                 self._handle(result)
             self._tick()
-            if not pipeline.live and pipeline.finished:
+            if pipeline.source.finished and pipeline.finished:
                 log.info("end of %s: %d window(s) processed", self.config.audio.source, pipeline.stats.processed)
                 return 0
-            if not pipeline.scheduler_alive and pipeline.live and not self._stop.is_set():
+            if not pipeline.scheduler_alive and not pipeline.source.finished and not self._stop.is_set():
                 log.error("the window scheduler stopped unexpectedly; exiting so that the service restarts")
                 return 1
         return 0
@@ -439,7 +438,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ shutdown
 
-    def _shutdown(self, clean: bool = True) -> None:
+    def _shutdown(self) -> None:
         self.notifier.stopping()
         timeout = self.config.stop_timeout
         if self.pipeline is not None:

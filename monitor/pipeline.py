@@ -90,7 +90,8 @@ class Pipeline:
         """Stop capture and windows, then the engine within `timeout` (the window in flight may be abandoned)."""
         self._stop.set()
         self.source.stop()
-        self._thread.join(timeout=2)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=2)
         self.worker.stop(timeout=timeout)
 
     @property

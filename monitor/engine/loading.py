@@ -173,8 +173,14 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
     A hub id is looked up in the local cache first, without touching the network, so a cached
     model starts the same with or without a connection; only a miss goes online.
     """
+    import sys
+
     import torch
     from transformers import AutoConfig, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    if not sys.stderr.isatty():  # progress bars are for terminals, not for the journal
+        hf_logging.disable_progress_bar()
 
     if settings.path is not None:
         path = Path(settings.path)

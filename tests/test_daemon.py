@@ -1,0 +1,233 @@
+"""The daemon as a product: a separate process from a microphone or a file to an MQTT subscriber."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import REPO, need, speech_wav
+from tests.daemon_support import LOUD_RULES, DaemonProcess, events_of, write_config
+
+RATE = 16000
+
+
+def _state(topic_suffix: str, value: bytes):
+    return lambda t, p, r: t == f"am/test_node/{topic_suffix}" and p == value
+
+
+def test_microphone_to_subscriber(vmic, broker, subscriber_factory, tiny_model_dir, tmp_path):
+    wav = speech_wav(tmp_path / "hello.wav", "Hello, is anybody home? I am in the kitchen.")
+    config = write_config(tmp_path, tiny_model_dir, broker.port, extra={"audio.device": "pulse"})
+    sub = subscriber_factory(broker, "am/#")
+    daemon = DaemonProcess(config, env=vmic.env)
+    try:
+        daemon.wait_log("listening:", timeout=120)
+        sub.wait_for(_state("status", b"online"))
+        sub.wait_for(_state("loud/state", b"OFF"))  # retained initial state
+        time.sleep(2.5)  # a few windows of silence: gated, nothing fires
+        assert not events_of(sub.messages)
+        played = time.monotonic()
+        vmic.play(wav)
+        sub.wait_for(_state("loud/state", b"ON"), timeout=15)
+        latency = time.monotonic() - played
+        assert latency < 15
+        (on,) = [e for e in events_of(sub.messages) if e["kind"] == "on"]
+        assert on["rule"] == "loud" and on["node"] == "test_node" and 0.0 <= on["score"] <= 1.0
+        assert on["window_start"] < on["window_end"] and re.match(r"\d{4}-\d\d-\d\dT.*[+-]\d\d:\d\d$", on["time"])
+        assert Path(on["clip"]).exists() and sf.info(on["clip"]).duration >= 2.0
+        sub.wait_for(_state("loud/state", b"OFF"), timeout=20)  # speech over: OFF once hold expires
+        port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", daemon.wait_log("metrics on")).group(1)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for name in ("audio_monitor_windows_processed_total", "audio_monitor_engine_milliseconds_bucket",
+                     'audio_monitor_rule_score{rule="loud"}', 'audio_monitor_events_total{kind="on",rule="loud"}',
+                     "audio_monitor_capture_overflows", "audio_monitor_outbox_depth", "audio_monitor_mqtt_connected 1.0",
+                     "audio_monitor_real_time_factor", "audio_monitor_windows_skipped"):
+            assert name in text, name
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.output
+    sub.wait_for(lambda t, p, r: t == "am/test_node/status" and p == b"offline")
+    assert "Traceback" not in daemon.output
+
+
+def _talk_file(tmp_path: Path, pattern: list[tuple[str, float]]) -> Path:
+    """A recording of silence, noise and speech segments: [("silence", 3), ("speech:text", 0), ...]."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for kind, seconds in pattern:
+        if kind == "silence":
+            parts.append(np.zeros(int(seconds * RATE), dtype=np.float32))
+        elif kind == "noise":
+            parts.append((rng.standard_normal(int(seconds * RATE)) * 0.05).astype(np.float32))
+        elif kind.startswith("speech:"):
+            wav = speech_wav(tmp_path / f"s{len(parts)}.wav", kind[7:])
+            parts.append(sf.read(wav, dtype="float32")[0])
+    path = tmp_path / "recording.wav"
+    sf.write(path, np.concatenate(parts), RATE)
+    return path
+
+
+def test_file_source_to_subscriber(broker, subscriber_factory, tiny_model_dir, tmp_path):
+    path = _talk_file(tmp_path, [("silence", 3), ("noise", 3), ("silence", 5)])
+    config = write_config(tmp_path, tiny_model_dir, broker.port, source=f"file:{path}",
+                          extra={"mqtt.scores": {"enabled": True, "interval": 0}})
+    sub = subscriber_factory(broker, "am/#")
+    daemon = DaemonProcess(config)
+    code = daemon.wait(120)
+    assert code == 0, daemon.output
+    assert "end of file:" in daemon.output
+    sub.wait_for(_state("loud/state", b"OFF"))
+    events = events_of(sub.messages)
+    assert [e["kind"] for e in events] == ["on", "off"], events
+    on, off = events
+    # ON is decided by a window that hears the noise (3-6 s into the file), OFF by a later one
+    assert off["ts"] > on["ts"] and on["rule"] == off["rule"] == "loud"
+    scores = [json.loads(p) for t, p, _ in sub.messages if t == "am/test_node/scores"]
+    assert scores and all(0.0 <= v["score"] <= 1.0 for s in scores for v in s.values())
+    sub.wait_for(lambda t, p, r: t == "am/test_node/status" and p == b"offline")
+
+
+TALK_RULES = LOUD_RULES + """\
+  - id: speech
+    name: Speech
+    answer: text
+    ask: What is being said? Write down the words exactly.
+    max_new_tokens: 6
+  - id: any_words
+    from: speech
+    match: '\\w'
+"""
+
+
+def test_fast_file_replay_is_deterministic(broker, subscriber_factory, tiny_model_dir, tmp_path):
+    """The same 10-minute recording, read as fast as possible twice, gives the same events."""
+    pattern: list[tuple[str, float]] = []
+    sentences = ["Good morning.", "Where are my keys?", "Dinner is ready.", "Help me please."]
+    for i in range(30):  # 30 x 20 s = 10 minutes
+        pattern += [("silence", 8), ("noise", 2 + i % 3), ("silence", 4)]
+        if i % 5 == 0:
+            pattern += [(f"speech:{sentences[(i // 5) % 4]}", 0)]
+        pattern += [("silence", 20 - 14 - i % 3 - (2 if i % 5 == 0 else 0))]
+    path = _talk_file(tmp_path, pattern)
+    assert sf.info(path).duration == pytest.approx(600, abs=15)
+    runs = []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        out.mkdir()
+        config = write_config(out, tiny_model_dir, broker.port, source=f"file:{path}", rules=TALK_RULES,
+                              extra={"audio.realtime": False, "windows.length": "4s", "windows.hop": "2s",
+                                     "scores_log": str(out / "scores.jsonl"), "log.level": "info"})
+        sub = subscriber_factory(broker, "am/test_node/+/event")
+        daemon = DaemonProcess(config)
+        assert daemon.wait(300) == 0, daemon.output
+        time.sleep(0.5)
+        events = events_of(sub.messages)
+        first = events[0]["ts"]
+        runs.append([(e["rule"], e["kind"], round(e["ts"] - first, 3), e["score"], e.get("text")) for e in events])
+        sub.close()
+    assert runs[0] == runs[1]
+    kinds = {k for _, k, *_ in runs[0]}
+    assert {"on", "off", "text", "match"} <= kinds, kinds
+    assert sum(1 for _, k, *_ in runs[0] if k == "on") >= 25
+    lines0 = (tmp_path / "run0" / "scores.jsonl").read_text().splitlines()
+    lines1 = (tmp_path / "run1" / "scores.jsonl").read_text().splitlines()
+    assert len(lines0) >= 290
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("t_start", "t_end")}  # noqa: E731
+    assert [strip(x) for x in lines0] == [strip(x) for x in lines1]
+
+
+def test_sigterm_drains_sighup_reloads(vmic, broker, subscriber_factory, tiny_model_dir, tmp_path):
+    config = write_config(tmp_path, tiny_model_dir, broker.port, extra={"audio.device": "pulse"})
+    rules_file = tmp_path / "rules" / "rules.yaml"
+    sub = subscriber_factory(broker, ["am/#", "homeassistant/#"])
+    daemon = DaemonProcess(config, env=vmic.env)
+    try:
+        daemon.wait_log("listening:", timeout=120)
+        # a valid edit: a second rule appears in discovery and the status reports the reload
+        rules_file.write_text(LOUD_RULES + LOUD_RULES.split("rules:\n", 1)[1].replace("id: loud", "id: loud_too"))
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reloaded 2 rule(s)", timeout=20)
+        sub.wait_for(lambda t, p, r: t == "homeassistant/device/test_node/config" and b"loud_too" in p, timeout=10)
+        # an invalid edit: every problem logged with its line, the running rules stay in force
+        rules_file.write_text(LOUD_RULES.replace("threshold: 0.0", "threshold: 1.5"))
+        daemon.signal(signal.SIGHUP)
+        line = daemon.wait_log("rule reload failed", timeout=20)
+        assert "keeping the running rules" in line
+        assert f"{rules_file}:5: rules[0].threshold" in daemon.output
+        sub.wait_for(lambda t, p, r: t == "am/test_node/info" and b'"ok": false' in p, timeout=15)
+        wav = speech_wav(tmp_path / "hi.wav", "Still listening to the old rules.")
+        vmic.play(wav)
+        sub.wait_for(_state("loud_too/state", b"ON"), timeout=15)
+    finally:
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(30)
+    assert code == 0, daemon.output
+    assert "stopped" in daemon.output
+    sub.wait_for(lambda t, p, r: t == "am/test_node/status" and p == b"offline")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"model.path": "/nonexistent/model"}, "model.path"),
+        ({"audio.device": "no such microphone"}, "audio.device: no input device matches 'no such microphone'"),
+        ({"audio.source": "file:/nonexistent.wav"}, "audio.source: file not found: /nonexistent.wav"),
+    ],
+)
+def test_startup_failures_are_one_line(vmic, broker, tiny_model_dir, tmp_path, change, expected):
+    config = write_config(tmp_path, tiny_model_dir, broker.port, extra={"audio.device": "pulse", **change})
+    daemon = DaemonProcess(config, env=vmic.env)
+    assert daemon.wait(120) == 1
+    errors = [line for line in daemon.lines if " ERROR " in line]
+    assert len(errors) == 1 and expected in errors[0], daemon.output
+    assert "Traceback" not in daemon.output
+
+
+def test_broken_rules_at_startup(broker, tiny_model_dir, tmp_path):
+    config = write_config(tmp_path, tiny_model_dir, broker.port, rules="rules:\n  - id: Bad Id\n    ask: x\n")
+    daemon = DaemonProcess(config)
+    assert daemon.wait(60) == 1
+    assert re.search(r"rules\.yaml:2: rules\[0\]\.id", daemon.output), daemon.output
+    assert "Traceback" not in daemon.output
+
+
+def test_make_run_stops_with_one_line_when_the_model_cannot_be_fetched(tmp_path):
+    """`make run` on the default config, with no way to reach the model hub."""
+    need(shutil.which("make") is not None, "make")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "STATE_DIRECTORY": str(tmp_path / "state"),
+           "PATH": f"{REPO / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    import os
+
+    proc = subprocess.run(["make", "--no-print-directory", "run"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr
+    assert "Qwen/Qwen2-Audio-7B-Instruct" in errors[0] and "model.path" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    need(analyze is not None, "systemd-analyze (package systemd)")
+    unit = (REPO / "systemd" / "audio-monitor.service").read_text()
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                "StateDirectory=audio-monitor", "ConfigurationDirectory=audio-monitor", "ProtectHome=yes",
+                "PrivateTmp=yes", "SupplementaryGroups=audio", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert key in unit, key
+    # verify the unit as installed: ExecStart pointing at the installed program
+    program = REPO / ".venv" / "bin" / "audio-monitor"
+    installed = tmp_path / "audio-monitor.service"
+    installed.write_text(unit.replace("/opt/audio-monitor/.venv/bin/audio-monitor", str(program)))
+    proc = subprocess.run([analyze, "verify", str(installed)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
