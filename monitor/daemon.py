@@ -283,7 +283,7 @@ class Daemon:
                 path = self.clips.save(event, pipeline.ring, start, end)
                 if path is not None:
                     event = event.with_clip(str(path))
-            log.info("event %s %s%s", event.rule_id, event.kind,
+            log.info("event %s %s id=%s%s", event.rule_id, event.kind, event.id,
                      f" score={event.score:.3f}" if event.score is not None else (f" text={event.text!r}" if event.text else ""))
             if self.publisher is None:
                 continue

@@ -231,3 +231,51 @@ def test_systemd_unit_verifies(tmp_path):
     installed.write_text(unit.replace("/opt/audio-monitor/.venv/bin/audio-monitor", str(program)))
     proc = subprocess.run([analyze, "verify", str(installed)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_last_will_when_the_daemon_is_killed(broker, subscriber_factory, tiny_model_dir, tmp_path):
+    path = _talk_file(tmp_path, [("silence", 60)])
+    config = write_config(tmp_path, tiny_model_dir, broker.port, source=f"file:{path}")
+    sub = subscriber_factory(broker, "am/test_node/status")
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("listening:", timeout=120)
+        sub.wait_for(lambda t, p, r: p == b"online")
+        daemon.proc.kill()
+        sub.wait_for(lambda t, p, r: p == b"offline", timeout=60)  # the broker notices the dead TCP link
+    finally:
+        daemon.kill()
+
+
+def test_events_survive_a_kill_while_the_broker_is_down(broker, subscriber_factory, tiny_model_dir, tmp_path):
+    """Events accepted while the broker is away are in the outbox; a SIGKILL does not lose them."""
+    path = _talk_file(tmp_path, [("silence", 4), ("noise", 2), ("silence", 4), ("noise", 2), ("silence", 60)])
+    config = write_config(tmp_path, tiny_model_dir, broker.port, source=f"file:{path}",
+                          extra={"mqtt.reconnect_max": "1s"})
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log("listening:", timeout=120)
+        broker.stop()
+        # both noise bursts: on, off, on, off — decided and written to the outbox, not delivered
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"event loud (?:on|off) id=", daemon.output)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        accepted = re.findall(r"event loud (on|off) id=([0-9a-f]+)", daemon.output)
+        assert [k for k, _ in accepted] == ["on", "off", "on", "off"], daemon.output
+        daemon.proc.kill()
+        daemon.wait(10)
+    finally:
+        daemon.kill()
+    broker.start()
+    sub = subscriber_factory(broker, "am/test_node/+/event")
+    # the same state_dir, with nothing new to say: only the outbox speaks
+    (tmp_path / "quiet").mkdir()
+    quiet = _talk_file(tmp_path / "quiet", [("silence", 20)])
+    config = write_config(tmp_path, tiny_model_dir, broker.port, source=f"file:{quiet}")
+    again = DaemonProcess(config)
+    try:
+        sub.wait_for(lambda t, p, r: json.loads(p)["id"] == accepted[-1][1], timeout=60)
+        delivered = [(e["kind"], e["id"]) for e in events_of(sub.messages)]
+        assert delivered == accepted  # every event, in order
+    finally:
+        again.stop()
