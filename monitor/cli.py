@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the config and its rules, then exit 0 (valid) or 1")
     _config_args(p)
     sub.add_parser("devices", help="list audio input devices")
+    from monitor.tuning.commands import add_eval_parser, add_replay_parser
+
+    add_replay_parser(sub, _config_args)
+    add_eval_parser(sub, _config_args)
     return parser
 
 
@@ -95,13 +99,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(config)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.tuning.commands import cmd_replay as replay
+
+    return replay(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from monitor.tuning.commands import cmd_eval as evaluate
+
+    return evaluate(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"run": cmd_run, "check": cmd_check, "devices": cmd_devices}[args.command]
+    handler = {"run": cmd_run, "check": cmd_check, "devices": cmd_devices, "replay": cmd_replay,
+               "eval": cmd_eval}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -1,12 +1,15 @@
 """Evidence clips: the audio that turned a rule ON, kept as WAV files for a person to check.
 
 Retention by age and total size, oldest first, never deleting a clip that an event still
-waiting in the MQTT outbox refers to (a hub may fetch it once the event arrives).
+waiting in the MQTT outbox refers to (a hub may fetch it once the event arrives). Saving and
+pruning both run on the daemon's control thread, so they never race each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -21,6 +24,8 @@ from monitor.events import Event
 
 log = logging.getLogger(__name__)
 
+PARTIAL = ".part"  # a clip being written; renamed into place when complete
+
 
 class ClipStore:
     """Writes and prunes clips in one folder (owned by the daemon's control thread)."""
@@ -34,7 +39,11 @@ class ClipStore:
         self._warned = False
 
     def wants(self, event: Event, rule_kind: str) -> bool:
-        """Whether this event gets a clip: ON events, and text/match events only when allowed."""
+        """Whether this event gets a clip: ON events, and text/match events only when allowed.
+
+        Speech is the most private thing a microphone hears, so transcripts get no audio unless
+        `clips.text_rules` says so.
+        """
         if not self.settings.enabled:
             return False
         if event.kind == "on":
@@ -42,8 +51,11 @@ class ClipStore:
         return event.kind in ("text", "match") and self.settings.text_rules and rule_kind in ("text", "match")
 
     def save(self, event: Event, ring: RingBuffer, start: int, end: int) -> Path | None:
-        """Save samples [start - pre_roll, end) of the ring; None (logged) when it cannot."""
-        first = max(ring.oldest, start - int(self.settings.pre_roll * ring.sample_rate), 0)
+        """Save samples [start - pre_roll, end) of the ring; None (logged) when it cannot.
+
+        The pre-roll is cut short where the ring no longer holds it (or before the first sample).
+        """
+        first = max(ring.oldest, start - int(round(self.settings.pre_roll * ring.sample_rate)), 0)
         try:
             audio = ring.read(first, min(end, ring.written))
         except (Overwritten, LookupError) as exc:
@@ -51,24 +63,39 @@ class ClipStore:
             return None
         stamp = datetime.fromtimestamp(event.ts).strftime("%Y%m%d-%H%M%S")
         path = self.folder / f"{stamp}_{event.rule_id}_{event.id[:8]}.wav"
+        partial = path.with_name(path.name + PARTIAL)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            sf.write(path, np.clip(audio, -1.0, 1.0), ring.sample_rate, subtype="PCM_16")
-        except OSError as exc:
+            # written aside and renamed: a hub never fetches, and retention never counts, half a file
+            sf.write(partial, np.clip(audio, -1.0, 1.0), ring.sample_rate, subtype="PCM_16", format="WAV")
+            os.replace(partial, path)
+        except (OSError, sf.LibsndfileError) as exc:
             if not self._warned:
                 log.error("clips: cannot write %s (%s); check that state_dir is writable and not full", path, exc)
                 self._warned = True
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             return None
         self.saved += 1
         return path
 
     def prune(self, keep: Iterable[str] = ()) -> list[Path]:
-        """Delete clips past max_age, then the oldest until under max_total_mb; never those in `keep`."""
+        """Delete clips past max_age, then the oldest until under max_total_mb; never those in `keep`.
+
+        `keep` holds the clip paths of events not yet delivered (`Publisher.pending_clips()`).
+        A protected clip still counts towards the size, so younger unprotected ones go instead.
+        """
         if not self.folder.is_dir():
             return []
-        protected = {str(Path(p)) for p in keep}
+        protected = {_key(Path(p)) for p in keep}
         clips = []
-        for path in self.folder.glob("*.wav"):
+        for path in self.folder.iterdir():
+            if path.name.endswith(PARTIAL):  # left by a crash mid-write (saving runs on this thread)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+                continue
+            if path.suffix != ".wav":
+                continue
             try:
                 st = path.stat()
             except OSError:
@@ -84,7 +111,7 @@ class ClipStore:
             too_big = total > limit
             if not (too_old or too_big):
                 break  # sorted by age: the rest are younger, and the size is within bounds
-            if str(path) in protected:
+            if _key(path) in protected:
                 continue
             try:
                 path.unlink()
@@ -93,5 +120,16 @@ class ClipStore:
                 continue
             total -= size
             deleted.append(path)
+        if deleted:
+            log.info("clips: deleted %d old clip(s); %d kept, %.1f MB", len(deleted), len(clips) - len(deleted),
+                     total / (1024 * 1024))
         self.deleted += len(deleted)
         return deleted
+
+
+def _key(path: Path) -> str:
+    """One spelling per file: the outbox may hold a path written differently (relative, with `..`)."""
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())

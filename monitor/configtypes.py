@@ -72,9 +72,9 @@ def resolve_path(value: Any, info: ValidationInfo) -> Any:
     if path.is_absolute():
         return path
     if isinstance(value, CliText):
-        return Path.cwd() / path
+        return Path(os.path.normpath(Path.cwd() / path))
     base = (info.context or {}).get("base_dir")
-    return Path(base) / path if base else path
+    return Path(os.path.normpath(Path(base) / path)) if base else path
 
 
 ConfigPath = Annotated[Path, BeforeValidator(resolve_path)]

@@ -97,8 +97,9 @@ class Pipeline:
     @property
     def finished(self) -> bool:
         """A finite source is done and every window it gave has been processed."""
-        return self._scheduler_done.is_set() and self.worker.stats.pending == 0 and self._results.empty() \
-            and self.worker.wait_idle(0)
+        # idle first: the worker queues a result before it turns idle, so after an idle check an
+        # empty queue really is empty
+        return self._scheduler_done.is_set() and self.worker.wait_idle(0) and self._results.empty()
 
     # ------------------------------------------------------------------ the windows thread
 

@@ -1,0 +1,155 @@
+"""The `replay` and `eval` subcommands: argument wiring, one-line errors, exit codes.
+
+Kept apart from `monitor.cli` so that `check` and `devices` never import the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from monitor.yamlsource import ValidationFailed
+
+ConfigArgs = Callable[[argparse.ArgumentParser], None]
+
+log = logging.getLogger(__name__)
+
+
+def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
+    p = sub.add_parser("replay", help="run a recording through the rules; write scores, events and a timeline",
+                       description="Run FILE through exactly the daemon's path, as fast as the model answers, and "
+                                   "write scores.jsonl, events.jsonl and timeline.png.")
+    p.add_argument("file", type=Path, metavar="FILE", help="a WAV, FLAC or OGG recording (any rate, any channels)")
+    config_args(p)
+    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: replay-<file stem> here)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of false alarms per hour, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def add_eval_parser(sub: Any, config_args: ConfigArgs) -> None:
+    p = sub.add_parser("eval", help="score the rules on labelled recordings; sweep thresholds",
+                       description="Replay every recording of DIR (DIR/labels.yaml, or DIR/<rule_id>/*.wav and "
+                                   "DIR/negatives/*.wav), then report recall, precision, false alarms per hour and "
+                                   "the best threshold per rule.")
+    p.add_argument("folder", type=Path, metavar="DIR", help="the labelled recordings")
+    config_args(p)
+    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: eval-<DIR name> here)")
+    p.add_argument("--max-fa-per-hour", type=_rate, default=1.0, metavar="X",
+                   help="target false alarms per hour for the best threshold (default: 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _quoted(text: str) -> str:
+    """A YAML single-quoted scalar: `--set` values are YAML, and paths may hold `: ` or `#`."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _setup(args: argparse.Namespace, extra: list[str]) -> Any:
+    from monitor.cli import load_config_or_exit
+    from monitor.logsetup import setup_logging
+
+    if args.quiet:  # the model loader's own bars too; read when the hub client is first imported
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+
+    overrides = list(args.overrides) + extra
+    if args.rules is not None:
+        overrides.append(f"rules={_quoted(str(args.rules))}")
+    config = load_config_or_exit(args.config, overrides)
+    setup_logging(config.log.level)
+    return config
+
+
+def _load_rules(config: Any) -> Any:
+    from monitor.rules import load_rules
+
+    try:
+        return load_rules(config.rules)
+    except ValidationFailed as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return None
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """`audio-monitor replay FILE`: exit 0 with the three outputs, or 1 with one line per problem."""
+    config = _setup(args, [f"audio.source={_quoted('file:' + str(args.file))}", "audio.realtime=false"])
+    ruleset = _load_rules(config)
+    if ruleset is None:
+        return 1
+    from monitor.scorelog import ScoreLog
+    from monitor.tuning.replay import ReplayError, replay_file, summary_line, write_replay
+
+    out_dir: Path = args.out or Path.cwd() / f"replay-{args.file.stem}"
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.error("--out: cannot create %s (%s); choose another folder", out_dir, exc.strerror)
+        return 1
+    scorelog = ScoreLog(out_dir / "scores.jsonl", mode="w")
+    try:
+        run = replay_file(config, ruleset, scorelog=scorelog, progress=not args.quiet)
+    except ReplayError as exc:
+        if not exc.logged:
+            log.error("%s", exc)
+        scorelog.close()
+        if created and not any(out_dir.iterdir()):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        return 1
+    scorelog.close()
+    try:
+        write_replay(run, out_dir, ruleset, config.node_id)
+    except OSError as exc:
+        log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
+        return 1
+    print(summary_line(run, out_dir))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`audio-monitor eval DIR`: exit 0 with report.json, eval.png and a table, or 1 with one line per problem."""
+    config = _setup(args, [])
+    ruleset = _load_rules(config)
+    if ruleset is None:
+        return 1
+    from monitor.tuning.eval import evaluate, format_table, write_report
+    from monitor.tuning.labels import load_dataset
+    from monitor.tuning.replay import ReplayError
+
+    try:
+        dataset = load_dataset(args.folder, ruleset)
+    except ValidationFailed as exc:
+        for problem in exc.problems:
+            log.error("%s", problem)
+        return 1
+    try:
+        report = evaluate(config, ruleset, dataset, max_fa_per_hour=args.max_fa_per_hour, progress=not args.quiet)
+    except ReplayError as exc:
+        if not exc.logged:
+            log.error("%s", exc)
+        return 1
+    out_dir: Path = args.out or Path.cwd() / f"eval-{args.folder.resolve().name}"
+    try:
+        paths = write_report(report, out_dir)
+    except OSError as exc:
+        log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
+        return 1
+    print(format_table(report))
+    print(f"report: {paths['report']}  plot: {paths['plot']}")
+    return 0
