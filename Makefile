@@ -10,7 +10,7 @@ TORCH     ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 RUN_DEBS  := libportaudio2 libsndfile1
-TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl
+TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd
 
 .PHONY: run test check bench debs clean
 
@@ -50,7 +50,7 @@ debs:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; fi; \
 	fi
 

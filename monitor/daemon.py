@@ -254,6 +254,7 @@ class Daemon:
             m.engine_ms.observe(result.engine_ms)
             m.rtf.set(result.engine_ms / 1000.0 / self.config.windows.hop)
         m.lag.set(pipeline.stats.last_lag)
+        self._sync_totals()
         m.level.set(window.dbfs)
         for key, score in result.scores.items():
             m.score.labels(key).set(score.score)
@@ -419,13 +420,22 @@ class Daemon:
         return (f"{s['state']}: {s['windows_per_s']:.2f} windows/s, RTF {s['real_time_factor']:.2f}, "
                 f"lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}, MQTT {s['mqtt']}, outbox {s['outbox']}")
 
+    def _sync_totals(self) -> None:
+        """Counters kept by the capture and window threads, carried into the metrics."""
+        p = self.pipeline
+        if p is None:
+            return
+        m = self.metrics
+        m.sync_total(m.windows, "windows", p.stats.windows)
+        m.sync_total(m.skipped, "skipped", p.skipped)
+        m.sync_total(m.overflows, "overflows", p.source.stats.overflows)
+
     def _report_status(self) -> None:
         p = self.pipeline
         if p is None:
             return
         m = self.metrics
-        m.skipped.set(p.skipped)
-        m.overflows.set(p.source.stats.overflows)
+        self._sync_totals()
         if self.publisher is not None:
             m.outbox.set(self.publisher.outbox_depth)
             m.mqtt.set(1 if self.publisher.connected else 0)

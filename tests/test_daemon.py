@@ -53,6 +53,9 @@ def test_microphone_to_subscriber(vmic, broker, subscriber_factory, tiny_model_d
                      "audio_monitor_capture_overflows", "audio_monitor_outbox_depth", "audio_monitor_mqtt_connected 1.0",
                      "audio_monitor_real_time_factor", "audio_monitor_windows_skipped"):
             assert name in text, name
+        values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        assert float(values["audio_monitor_windows_total"]) >= float(values["audio_monitor_windows_processed_total"]) > 3
+        assert float(values["audio_monitor_capture_overflows_total"]) == 0
     finally:
         code = daemon.stop()
     assert code == 0, daemon.output
