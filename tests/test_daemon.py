@@ -171,6 +171,15 @@ def test_sigterm_drains_sighup_reloads(vmic, broker, subscriber_factory, tiny_mo
         wav = speech_wav(tmp_path / "hi.wav", "Still listening to the old rules.")
         vmic.play(wav)
         sub.wait_for(_state("loud_too/state", b"ON"), timeout=15)
+        # saving a fixed file is enough: the daemon notices the change without a signal
+        rules_file.write_text(LOUD_RULES)
+        daemon.wait_log("rule files changed", timeout=20)
+        daemon.wait_log("reloaded 1 rule(s)", timeout=20)
+        # and the MQTT command reloads too
+        import paho.mqtt.publish as mqtt_publish
+
+        mqtt_publish.single("am/test_node/set/reload", "", hostname="127.0.0.1", port=broker.port)
+        daemon.wait_log("reload requested", timeout=20)
     finally:
         daemon.signal(signal.SIGTERM)
         code = daemon.wait(30)
