@@ -32,6 +32,18 @@ rules:
     device_class: sound
 """
 
+# A transcript per utterance (a few tokens: the model is random) and a match on any word of it.
+TEXT_RULES = """\
+  - id: speech
+    name: Speech
+    answer: text
+    ask: What is being said? Write down the words exactly.
+    max_new_tokens: 6
+  - id: any_words
+    from: speech
+    match: '\\w'
+"""
+
 
 def write_config(tmp_path: Path, model_dir: Path, broker_port: int, *, source: str = "mic",
                  rules: str = LOUD_RULES, node: str = "test_node", extra: dict | None = None) -> Path:

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from tests.conftest import REPO, need, speech_wav
-from tests.daemon_support import LOUD_RULES, DaemonProcess, events_of, write_config
+from tests.daemon_support import LOUD_RULES, TEXT_RULES, DaemonProcess, events_of, write_config
 
 RATE = 16000
 
@@ -100,16 +100,7 @@ def test_file_source_to_subscriber(broker, subscriber_factory, tiny_model_dir, t
     sub.wait_for(lambda t, p, r: t == "am/test_node/status" and p == b"offline")
 
 
-TALK_RULES = LOUD_RULES + """\
-  - id: speech
-    name: Speech
-    answer: text
-    ask: What is being said? Write down the words exactly.
-    max_new_tokens: 6
-  - id: any_words
-    from: speech
-    match: '\\w'
-"""
+TALK_RULES = LOUD_RULES + TEXT_RULES
 
 
 def test_fast_file_replay_is_deterministic(broker, subscriber_factory, tiny_model_dir, tmp_path):

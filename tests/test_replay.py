@@ -24,18 +24,10 @@ from monitor.scorelog import ScoreLog
 from monitor.tuning.eval import decide
 from monitor.tuning.replay import replay_file, summary_line, write_replay
 from tests.conftest import REPO, speech_wav
-from tests.daemon_support import DaemonProcess, events_of, write_config
+from tests.daemon_support import TEXT_RULES, DaemonProcess, events_of, write_config
 from tests.tuning_support import GATED_RULES, RATE, bursts_wav
 
-TALK_RULES = GATED_RULES + """\
-  - id: speech
-    answer: text
-    ask: What is being said? Write down the words exactly.
-    max_new_tokens: 6
-  - id: any_words
-    from: speech
-    match: '\\w'
-"""
+TALK_RULES = GATED_RULES + TEXT_RULES
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
