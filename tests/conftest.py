@@ -75,6 +75,7 @@ class Broker:
             f"listener {self.port} 127.0.0.1\n"
             + ("allow_anonymous true\n" if "allow_anonymous" not in extra_conf else "")
             + "persistence false\n"
+            + ("user root\n" if os.geteuid() == 0 else "")  # else it drops to `mosquitto` and cannot write its log here
             + f"log_dest file {self.log}\n"
             + "log_type all\n"
             + extra_conf
