@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__
+from monitor.tuning.commands import add_eval_parser, add_replay_parser, cmd_eval, cmd_replay
 from monitor.yamlsource import ValidationFailed
 
 log = logging.getLogger("monitor.cli")
@@ -35,8 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate the config and its rules, then exit 0 (valid) or 1")
     _config_args(p)
     sub.add_parser("devices", help="list audio input devices")
-    from monitor.tuning.commands import add_eval_parser, add_replay_parser
-
     add_replay_parser(sub, _config_args)
     add_eval_parser(sub, _config_args)
     return parser
@@ -97,18 +96,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.daemon import run_daemon
 
     return run_daemon(config)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from monitor.tuning.commands import cmd_replay as replay
-
-    return replay(args)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from monitor.tuning.commands import cmd_eval as evaluate
-
-    return evaluate(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monitor import __version__
 from monitor.audio.sources import AudioSource, SourceError, resolve_device
 from monitor.clips import ClipStore
 from monitor.config import Config
@@ -57,14 +56,12 @@ class Daemon:
     """`audio-monitor run`: everything from the microphone to the broker, for as long as it runs."""
 
     def __init__(self, config: Config, *, source: AudioSource | None = None,
-                 engine_factory: Callable[..., Any] | None = None, notifier: Notifier | None = None,
-                 publisher_factory: Callable[..., Any] | None = None, metrics: Metrics | None = None):
+                 engine_factory: Callable[..., Any] | None = None, notifier: Notifier | None = None):
         self.config = config
         self._source = source
         self._engine_factory = engine_factory
-        self._publisher_factory = publisher_factory
         self.notifier = notifier or Notifier()
-        self.metrics = metrics or Metrics()
+        self.metrics = Metrics()
         self.metrics_port: int | None = None
         self.pipeline: Pipeline | None = None
         self.publisher: Any = None
@@ -155,8 +152,7 @@ class Daemon:
     def _start_publisher(self) -> None:
         from monitor.publish import Publisher
 
-        factory = self._publisher_factory or Publisher
-        self.publisher = factory(self.config.mqtt, self.config.node_id, self.config.display_name, self.state_dir,
+        self.publisher = Publisher(self.config.mqtt, self.config.node_id, self.config.display_name, self.state_dir,
                                  on_command=self._on_command)
         assert self.pipeline is not None
         self.publisher.set_muted(self.pipeline.muted.is_set())
@@ -231,10 +227,10 @@ class Daemon:
             if result is not None:
                 self._handle(result)
             self._tick()
-            if pipeline.source.finished and pipeline.finished:
+            if pipeline.finished:
                 log.info("end of %s: %d window(s) processed", self.config.audio.source, pipeline.stats.processed)
                 return 0
-            if not pipeline.scheduler_alive and not pipeline.source.finished and not self._stop.is_set():
+            if pipeline.broken:
                 log.error("the window scheduler stopped unexpectedly; exiting so that the service restarts")
                 return 1
         return 0
@@ -247,10 +243,7 @@ class Daemon:
         events = pipeline.process(result)
         m = self.metrics
         window = result.window
-        m.processed.inc()
-        if result.error is not None:
-            m.failed.inc()
-        elif result.scores or result.texts:
+        if result.error is None and (result.scores or result.texts):
             m.engine_ms.observe(result.engine_ms)
             m.rtf.set(result.engine_ms / 1000.0 / self.config.windows.hop)
         m.lag.set(pipeline.stats.last_lag)
@@ -278,9 +271,10 @@ class Daemon:
             kind = rule.kind if rule is not None else "yes_no"
             if (result is not None and self.clips is not None and not pipeline.muted.is_set()
                     and self.clips.wants(event, kind)):
-                start, end = result.window.start, result.window.end
-                if event.kind in ("text", "match"):
-                    start, end = self._segment_of(event, result)
+                # the event's times are the window's, or for a transcript its utterance's, inside it
+                window = result.window
+                start = window.start + round((event.window_start - window.t_start) * window.sample_rate)
+                end = window.start + round((event.window_end - window.t_start) * window.sample_rate)
                 path = self.clips.save(event, pipeline.ring, start, end)
                 if path is not None:
                     event = event.with_clip(str(path))
@@ -293,14 +287,6 @@ class Daemon:
                 self.publisher.publish_state(event.rule_id, event.kind == "on")
             elif event.kind == "text" and event.text is not None:
                 self.publisher.publish_text(event.rule_id, event.text)
-
-    @staticmethod
-    def _segment_of(event: Event, result: Result) -> tuple[int, int]:
-        window = result.window
-        for t in result.texts:
-            if t.text == event.text and (t.key == event.rule_id or t.key == event.source_rule):
-                return t.start, t.end
-        return window.start, window.end
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -322,7 +308,7 @@ class Daemon:
             self._report_status()
         if now - self._last_prune >= PRUNE_EVERY and self.clips is not None:
             self._last_prune = now
-            keep = self.publisher.pending_clips() if self.publisher is not None and hasattr(self.publisher, "pending_clips") else ()
+            keep = self.publisher.pending_clips() if self.publisher is not None else ()
             self.clips.prune(keep)
 
     def _watchdog(self, now: float) -> None:
@@ -396,8 +382,7 @@ class Daemon:
         processed, since = self._processed_at_status
         rate = ((p.stats.processed - processed) / (now - since)) if p is not None and now > since else 0.0
         engine_ms = p.stats.last_engine_ms if p is not None else 0.0
-        out: dict[str, Any] = {
-            "version": __version__,
+        out: dict[str, Any] = {  # the publisher adds the version and its own counters
             "state": "muted" if p is not None and p.muted.is_set() else "listening",
             "uptime_s": round(now - self._started, 1),
             "windows_per_s": round(rate, 3),
@@ -427,6 +412,8 @@ class Daemon:
             return
         m = self.metrics
         m.sync_total(m.windows, "windows", p.stats.windows)
+        m.sync_total(m.processed, "processed", p.stats.processed)
+        m.sync_total(m.failed, "failed", p.stats.failed)
         m.sync_total(m.skipped, "skipped", p.skipped)
         m.sync_total(m.overflows, "overflows", p.source.stats.overflows)
 
@@ -453,9 +440,8 @@ class Daemon:
         timeout = self.config.stop_timeout
         if self.pipeline is not None:
             log.info("stopping: capture first, then the window in flight (at most %gs)", timeout)
-            self.pipeline.stop(timeout=timeout)
             # answers that arrived while stopping are still decided and published
-            while (result := self.pipeline.next_result(timeout=0)) is not None:
+            for result in self.pipeline.stop(timeout=timeout):
                 self._handle(result)
         if self.publisher is not None:
             self._report_status()

@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import tzinfo
 from typing import Any
 
 from monitor.audio.ringbuffer import RingBuffer
@@ -27,8 +26,8 @@ from monitor.config import MODEL_RATE, Config
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
-from monitor.rules import RuleEngine, RuleSet
-from monitor.windows import Window, WindowScheduler
+from monitor.rules import RuleEngine, RuleSet, YesNoRule
+from monitor.windows import WindowScheduler
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +48,15 @@ class Pipeline:
     """Owns the ring, the source, the scheduler thread, the engine thread and the rule engine."""
 
     def __init__(self, config: Config, ruleset: RuleSet, *, source: AudioSource | None = None,
-                 engine_factory: Callable[..., Any] | None = None, tz: tzinfo | None = None,
-                 clock: Callable[[], float] = time.time):
+                 engine_factory: Callable[..., Any] | None = None):
         self.config = config
         self.ring = source.ring if source is not None else RingBuffer(int(config.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
         self.source = source if source is not None else make_source(config.audio, self.ring)
         self.live = self.source.live
         self.scheduler = WindowScheduler(self.source, config.windows.length, config.windows.hop, config.vad.aggressiveness)
-        self.rules = RuleEngine(ruleset, tz)
+        self.rules = RuleEngine(ruleset)
         self.stats = PipelineStats()
         self.muted = threading.Event()
-        self.clock = clock
         self._rules_lock = threading.Lock()  # plan (scheduler thread) vs update/swap (caller)
         self._results: queue.Queue[Result] = queue.Queue(maxsize=8)
         self._stop = threading.Event()
@@ -67,10 +64,8 @@ class Pipeline:
         self._thread = threading.Thread(target=self._schedule, name="windows", daemon=True)
         self.worker = EngineWorker(
             config.model, on_result=self._results.put, inbox_size=2, engine_factory=engine_factory,
-            calibrate=[r.ask for r in ruleset.rules if getattr(r, "answer", None) == "yes_no" and r.enabled],
-            calibrate_seconds=config.windows.length,
+            calibrate=_yes_no_prompts(ruleset), calibrate_seconds=config.windows.length,
         )
-        self.latest_window: Window | None = None  # for level reporting and clips
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,20 +81,34 @@ class Pipeline:
         self.source.start()
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop capture and windows, then the engine within `timeout` (the window in flight may be abandoned)."""
+    def stop(self, timeout: float = 10.0) -> list[Result]:
+        """Stop capture and windows, then the engine within `timeout` (the window in flight may be abandoned).
+
+        Returns the answers that arrived but were not taken yet, in order: the caller still
+        decides and publishes them.
+        """
         self._stop.set()
         self.source.stop()
         if self._thread.ident is not None:
             self._thread.join(timeout=2)
         self.worker.stop(timeout=timeout)
+        left = []
+        while (result := self.next_result(timeout=0)) is not None:
+            left.append(result)
+        return left
 
     @property
     def finished(self) -> bool:
-        """A finite source is done and every window it gave has been processed."""
+        """A finite source has ended and every window it gave has been answered and taken."""
         # idle first: the worker queues a result before it turns idle, so after an idle check an
         # empty queue really is empty
-        return self._scheduler_done.is_set() and self.worker.wait_idle(0) and self._results.empty()
+        return (self.source.finished and self._scheduler_done.is_set() and self.worker.wait_idle(0)
+                and self._results.empty())
+
+    @property
+    def broken(self) -> bool:
+        """The window thread ended while the source still had audio to give (logged where it failed)."""
+        return self._scheduler_done.is_set() and not self.source.finished and not self._stop.is_set()
 
     # ------------------------------------------------------------------ the windows thread
 
@@ -107,7 +116,6 @@ class Pipeline:
         try:
             for window in self.scheduler.windows(self._stop):
                 self.stats.windows += 1
-                self.latest_window = window
                 if self.muted.is_set():
                     self.stats.muted += 1
                     continue
@@ -123,10 +131,6 @@ class Pipeline:
         finally:
             self._scheduler_done.set()
 
-    @property
-    def scheduler_alive(self) -> bool:
-        return self._thread.is_alive()
-
     # ------------------------------------------------------------------ results
 
     def next_result(self, timeout: float) -> Result | None:
@@ -140,7 +144,7 @@ class Pipeline:
         self.stats.processed += 1
         self.stats.failed += result.error is not None
         self.stats.last_engine_ms = result.engine_ms
-        self.stats.last_lag = max(0.0, self.clock() - result.window.t_end) if self.live else 0.0
+        self.stats.last_lag = max(0.0, time.time() - result.window.t_end) if self.live else 0.0
         with self._rules_lock:
             return self.rules.update(result.window, result)
 
@@ -148,11 +152,15 @@ class Pipeline:
         """Install new rules between windows; unchanged rules keep their state."""
         with self._rules_lock:
             events = self.rules.swap(ruleset)
-        new = [r.ask for r in ruleset.rules if getattr(r, "answer", None) == "yes_no" and r.enabled]
-        self.worker.calibrate(new, self.config.windows.length)
+        self.worker.calibrate(_yes_no_prompts(ruleset), self.config.windows.length)
         return events
 
     @property
     def skipped(self) -> int:
         """Windows never answered: skipped by the scheduler or dropped from the engine inbox."""
         return self.scheduler.skipped + self.worker.stats.skipped
+
+
+def _yes_no_prompts(ruleset: RuleSet) -> list[str]:
+    """The questions whose score on silence (baseline) the engine calibrates."""
+    return [r.ask for r in ruleset.enabled if isinstance(r, YesNoRule)]

@@ -21,6 +21,11 @@ from monitor.audio.sources import AudioSource
 log = logging.getLogger(__name__)
 
 
+def frames_within(start: int, end: int) -> tuple[int, int]:
+    """The 30 ms VAD frames lying wholly inside samples [start, end): (first, one past the last)."""
+    return -(-start // VAD_FRAME), end // VAD_FRAME
+
+
 @dataclass(frozen=True)
 class Utterance:
     """A VAD-bounded stretch of speech, [start, end) in absolute samples."""
@@ -59,6 +64,13 @@ class Window:
         """Audio of [start, end) (absolute indices) that lies inside this window."""
         lo, hi = max(start, self.start) - self.start, min(end, self.end) - self.start
         return self.audio[lo:hi]
+
+    def speech_between(self, start: int, end: int) -> float:
+        """Fraction of speech among this window's VAD frames that lie inside [start, end)."""
+        first = frames_within(self.start, self.end)[0]
+        a, b = frames_within(start, end)
+        flags = self.speech[max(0, a - first): max(0, b - first)]
+        return float(flags.mean()) if len(flags) else 0.0
 
 
 class UtteranceTracker:
@@ -161,13 +173,14 @@ class WindowScheduler:
         if final:
             for a, b in self._utterances.flush():
                 self._pending.append(Utterance(a * VAD_FRAME, min(b * VAD_FRAME, end)))
-        first, last = -(-start // VAD_FRAME), end // VAD_FRAME
+        first, last = frames_within(start, end)
         speech = self._speech.flags(first, last) if last > first else np.zeros(0, dtype=bool)
         utterances = tuple(Utterance(max(u.start, start), min(u.end, end)) for u in self._pending if u.end > start)
         self._pending.clear()
+        t_start = self.ring.time_of(start)  # one anchor for both ends: the duration is exact
         window = Window(
             seq=self.emitted, start=start, end=end, sample_rate=self.rate,
-            t_start=self.ring.time_of(start), t_end=self.ring.time_of(end), audio=audio,
+            t_start=t_start, t_end=t_start + (end - start) / self.rate, audio=audio,
             dbfs=dbfs(audio), speech_ratio=float(speech.mean()) if len(speech) else 0.0, speech=speech,
             utterances=utterances, final=final,
         )

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
-from monitor.engine.loading import ModelLoadError, Placement, load_model, resolve_placement
+from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
 from monitor.engine.packing import pack, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
 from monitor.engine.settings import ModelSettings
@@ -35,14 +35,6 @@ MIN_SECONDS = 0.1  # shorter clips are zero-padded: the encoder needs a few fram
 def _audio_tokens(frames: int) -> int:
     """Audio embeddings Qwen2-Audio's encoder emits for `frames` valid mel frames (conv stride 2, pool 2)."""
     return (((frames - 1) // 2 + 1) - 2) // 2 + 1
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA OOM, or the CPU allocator giving up."""
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class Engine:

@@ -89,8 +89,8 @@ def describe_hub_failure(model_id: str, exc: BaseException) -> str:
     """One line for a failure to get `model_id` from the cache or the hub."""
     from huggingface_hub import errors
 
-    names = {type(e).__name__ for e in _chain(exc)}
     chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
     if any(isinstance(e, errors.GatedRepoError) for e in chain):
         return (f"model.id {model_id} is gated on the Hugging Face hub: accept its licence on huggingface.co and "
                 "log in with `hf auth login`, or set model.path to a folder holding the model")
@@ -132,10 +132,14 @@ def _model_class(config: Any, source: str) -> Any:
         "does not provide: upgrade transformers or choose a supported audio-chat model")
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator giving up (while loading or while answering a window)."""
     import torch
 
-    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)
 
 
 @contextlib.contextmanager
@@ -158,7 +162,7 @@ def _quiet_hub_retries(active: bool) -> Iterator[None]:
 def _load_failure(exc: Exception, settings: ModelSettings, placement: Placement, source: str, label: str) -> ModelLoadError:
     if isinstance(exc, ModelLoadError):
         return exc
-    if _is_oom(exc):
+    if is_out_of_memory(exc):
         return ModelLoadError(
             f"not enough memory to load {label} on {placement.device} as {placement.dtype}: free memory, "
             "use a GPU with more memory, model.dtype: bfloat16, or a smaller model")

@@ -22,20 +22,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from monitor.publish.topics import Topics, check_segment
+from monitor.rules.schema import BINARY_SENSOR_CLASSES  # anything else makes Home Assistant reject the entity
+from monitor.rules.schema import RuleKind as EntityKind
 
 log = logging.getLogger(__name__)
-
-EntityKind = Literal["yes_no", "text", "match"]
-
-# Home Assistant's BinarySensorDeviceClass values; anything else makes it reject the entity.
-BINARY_SENSOR_CLASSES = frozenset({
-    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door", "gas",
-    "heat", "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug", "power",
-    "presence", "problem", "running", "safety", "smoke", "sound", "tamper", "update", "vibration", "window",
-})
 
 EVENT_TYPES: dict[str, list[str]] = {"yes_no": ["on", "off"], "text": ["text"], "match": ["match"]}
 

@@ -11,9 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from monitor.configtypes import ConfigPath, Duration, Section
-
-TOPIC_PATH = r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$"
-"""One or more topic segments without wildcards (`+`, `#`) or empty levels."""
+from monitor.publish.topics import TOPIC_PATH
 
 
 class TlsSettings(Section):

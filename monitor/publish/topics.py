@@ -9,8 +9,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+TOPIC_PATH = r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$"
+"""One or more safe topic segments joined by `/` (the config's prefixes are validated with it too)."""
+
 _SEGMENT = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_PATH = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
+_PATH = re.compile(TOPIC_PATH)
 
 
 def check_segment(value: str, what: str) -> str:

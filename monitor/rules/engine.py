@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
-from monitor.audio.levels import VAD_FRAME, dbfs
+from monitor.audio.levels import dbfs
 from monitor.engine.api import Question, Request, Result, Score, TextTask
 from monitor.events import Event, EventKind
 from monitor.rules.loader import RuleSet
@@ -306,9 +306,4 @@ def _utterance_passes(rule: TextRule, window: Window, utt: Utterance) -> bool:
     gate = rule.gate
     if gate.min_dbfs is None and gate.speech is None:
         return True
-    level = dbfs(window.segment(utt.start, utt.end))
-    first = -(-window.start // VAD_FRAME)
-    a, b = -(-utt.start // VAD_FRAME) - first, utt.end // VAD_FRAME - first
-    flags = window.speech[max(0, a): max(0, b)]
-    ratio = float(flags.mean()) if len(flags) else 0.0
-    return gate.passes(level, ratio)
+    return gate.passes(dbfs(window.segment(utt.start, utt.end)), window.speech_between(utt.start, utt.end))

@@ -26,8 +26,8 @@ from monitor.engine.api import Result
 from monitor.events import Event
 from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.tuning.labels import SCORED_KINDS, Dataset, Recording
-from monitor.tuning.metrics import Tally, best_threshold, spans_of
-from monitor.tuning.replay import ReplayRun, SharedEngine, replay_file
+from monitor.tuning.metrics import Tally, best_threshold
+from monitor.tuning.replay import ReplayRun, SharedEngine, replay_file, rule_spans
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,14 @@ def at_threshold(ruleset: RuleSet, threshold: float) -> RuleSet:
     rules = []
     for rule in ruleset.rules:
         if isinstance(rule, YesNoRule):
-            gap = rule.threshold - rule.release
-            rule = rule.model_copy(update={"threshold": threshold, "release": round(max(0.0, threshold - gap), 6)})
+            rule = rule.model_copy(update={"threshold": threshold, "release": release_at(rule, threshold)})
         rules.append(rule)
     return RuleSet(rules=rules, files=ruleset.files, path=ruleset.path, origins=ruleset.origins)
+
+
+def release_at(rule: YesNoRule, threshold: float) -> float:
+    """The release that keeps the rule's hysteresis gap (threshold - release) at another threshold."""
+    return round(max(0.0, threshold - (rule.threshold - rule.release)), 6)
 
 
 def decide(results: Sequence[Result], ruleset: RuleSet) -> list[tuple[Event, Window]]:
@@ -64,9 +68,8 @@ def decide(results: Sequence[Result], ruleset: RuleSet) -> list[tuple[Event, Win
     return out
 
 
-def _changes(events: Sequence[tuple[Event, Window]], rule_id: str) -> list[tuple[str, float]]:
-    # An event's time is the end of its window, taken in samples so that label edges compare exactly.
-    return [(e.kind, w.end / w.sample_rate) for e, w in events if e.rule_id == rule_id]
+def _tally(tally: Tally, events: Sequence[tuple[Event, Window]], rule_id: str, rec: Recording, tol: float) -> None:
+    tally.add_recording(rule_spans(events, rule_id), rec.intervals.get(rule_id, ()), rec.duration, tol, str(rec.path))
 
 
 def scored_rules(ruleset: RuleSet) -> list[Any]:
@@ -121,22 +124,19 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
         mine = [r for r in scored if rec.scores(r.id)]
         if not mine:
             continue
-        name = str(rec.path)
         events = decide(run.results, rules)
         for rule in mine:
-            current[rule.id].add_recording(spans_of(_changes(events, rule.id)), rec.intervals.get(rule.id, ()),
-                                           rec.duration, tol, name)
+            _tally(current[rule.id], events, rule.id, rec, tol)
         for t, ruleset_t in swept.items():
             events_t = decide(run.results, ruleset_t)
             for rule in mine:
                 if rule.id in sweep:
-                    sweep[rule.id][t].add_recording(spans_of(_changes(events_t, rule.id)),
-                                                    rec.intervals.get(rule.id, ()), rec.duration, tol, name)
+                    _tally(sweep[rule.id][t], events_t, rule.id, rec, tol)
     report_rules: dict[str, Any] = {}
     for rule in scored:
         entry: dict[str, Any] = {"kind": rule.kind, "current": current[rule.id].metrics(details=True)}
         if isinstance(rule, YesNoRule):
-            points = [{"threshold": t, "release": round(max(0.0, t - (rule.threshold - rule.release)), 6),
+            points = [{"threshold": t, "release": release_at(rule, t),
                        **tally.metrics()} for t, tally in sweep[rule.id].items()]
             best = best_threshold(points, max_fa_per_hour)
             entry.update({"use": rule.use, "threshold": rule.threshold, "release": rule.release,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.rules import MatchRule, RuleSet, TextRule, YesNoRule
-from monitor.tuning.metrics import spans_of
 
 if TYPE_CHECKING:
     from monitor.tuning.replay import ReplayRun
@@ -30,8 +29,9 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _on_spans(run: ReplayRun, rule_id: str) -> list[tuple[float, float]]:
-    changes = [(e.kind, w.end / w.sample_rate) for e, w in run.events if e.rule_id == rule_id]
-    return [(on, run.duration if off is None else off) for on, off in spans_of(changes)]
+    from monitor.tuning.replay import rule_spans
+
+    return [(on, run.duration if off is None else off) for on, off in rule_spans(run.events, rule_id)]
 
 
 def plot_timeline(run: ReplayRun, ruleset: RuleSet, path: Path) -> Path:

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from monitor.events import Event
 from monitor.pipeline import Pipeline
 from monitor.rules import RuleSet
 from monitor.scorelog import ScoreLog
+from monitor.tuning.metrics import Span, spans_of
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,15 @@ class ReplayError(RuntimeError):
     def __init__(self, message: str, logged: bool = False):
         super().__init__(message)
         self.logged = logged
+
+
+def rule_spans(events: Sequence[tuple[Event, Window]], rule_id: str) -> list[Span]:
+    """A rule's ON spans (match events: instants) in seconds from the start of the file.
+
+    An event's time is the end of the window that decided it, taken in samples so that label
+    edges compare exactly.
+    """
+    return spans_of([(e.kind, w.end / w.sample_rate) for e, w in events if e.rule_id == rule_id])
 
 
 def light(window: Window) -> Window:
@@ -158,18 +168,15 @@ def replay_file(config: Config, ruleset: RuleSet, *, engine_factory: Callable[..
 
     pipeline.start_audio()
     try:
-        while True:
+        while not pipeline.finished:
             result = pipeline.next_result(timeout=0.25)
             if result is not None:
                 handle(result)
-            if pipeline.source.finished and pipeline.finished:
-                break
-            if not pipeline.scheduler_alive and not pipeline.source.finished:
+            if pipeline.broken:
                 raise ReplayError(f"replay of {path} stopped: the window scheduler failed (see the error above)")
     finally:
-        pipeline.stop()
         # answers that arrived while stopping are still decided, as in the daemon's shutdown
-        while (result := pipeline.next_result(timeout=0)) is not None:
+        for result in pipeline.stop():
             handle(result)
         if bar is not None:
             bar.close()
