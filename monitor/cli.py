@@ -55,25 +55,18 @@ def load_config_or_exit(path: Path | None, overrides: Sequence[str]):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and every rule it names: "OK" must mean the daemon would start with them."""
+    from monitor.rules import load_rules  # noqa: PLC0415 (an ImportError is a bug: let it surface, never skip the rules)
+
     config = load_config_or_exit(args.config, args.overrides)
-    problems = []
     try:
-        from monitor.rules import load_rules  # noqa: PLC0415
-    except ImportError:
-        load_rules = None
-    rule_count = None
-    if load_rules is not None:
-        try:
-            rule_count = len(load_rules(config.rules).rules)
-        except ValidationFailed as exc:
-            problems = exc.problems
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if problems:
+        ruleset = load_rules(config.rules)
+    except ValidationFailed as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
         return 1
     src = args.config or "defaults"
-    rules = f", {rule_count} rule(s) from {config.rules}" if rule_count is not None else ""
-    print(f"{src}: OK (node {config.node_id}{rules})")
+    print(f"{src}: OK (node {config.node_id}, {len(ruleset.rules)} rule(s) from {config.rules})")
     return 0
 
 

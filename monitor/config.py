@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.publish.settings import MqttSettings
-from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, pydantic_problems
+from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
 
@@ -139,8 +138,15 @@ class Config(Section):
 
 
 def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
-    """Checks that involve several keys; each names the key the user should change."""
+    """Checks that involve several keys or the filesystem; each names the key the user should change.
+
+    `rules:` is checked here, not left to the rule loader, so that a wrong path is reported at
+    the config line (or the `--set`) that named it rather than as a bare path.
+    """
     out = []
+    rules = _rules_problem(config.rules)
+    if rules:
+        out.append((("rules",), rules))
     w = config.windows
     if w.hop > w.length:
         out.append((("windows", "hop"), f"must not exceed windows.length ({w.length:g}s): audio between windows would never be heard"))
@@ -148,6 +154,20 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     if config.audio.buffer_seconds < need:
         out.append((("audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {config.audio.buffer_seconds:g}s"))
     return out
+
+
+def _rules_problem(path: Path) -> str | None:
+    """Why `rules:` names nothing the rule loader could read, or None."""
+    from monitor.rules.loader import rule_files  # noqa: PLC0415 (monitor.rules is heavier than the config)
+
+    try:
+        if not path.exists():
+            return f"not found: {path} (name a rule file or a folder of *.yaml files)"
+        if path.is_dir() and not rule_files(path):
+            return f"no *.yaml rule files in the folder {path}"
+    except (OSError, ValueError) as exc:  # unreadable folder; a path with a NUL byte
+        return f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+    return None
 
 
 # ---------------------------------------------------------------------------- loading
@@ -167,29 +187,40 @@ def _expand(data: Any, loc: tuple[Any, ...], located: Located, problems: list[Pr
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """'windows.hop=2s' -> (('windows', 'hop'), '2s'); values are YAML scalars."""
+    """'windows.hop=2s' -> (('windows', 'hop'), '2s'); values are YAML.
+
+    A value that is not valid YAML (or that YAML would refuse: `[*a`, an alias bomb, a control
+    character) is taken as the plain string the user typed, which the config then accepts or
+    rejects like any other string; it is read with the same bounded loader as the files.
+    """
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(f"--set {text!r}: expected key.path=value, e.g. --set windows.hop=2s")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(raw, "--set").data if raw.strip() else None
+    except ValidationFailed:
         value = raw
     if isinstance(value, str):
         value = CliText(value)
     return tuple(key.split(".")), value
 
 
-def _apply_override(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def _apply_override(data: dict[str, Any], path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
+    """Set `path` to `value`; the paths of the sections it had to create or replace (a
+    `--set audio.source.x=1` turns the file's `source: mic` into a mapping), whose problems
+    are then the `--set`'s, not the file's."""
     node = data
-    for part in path[:-1]:
+    made = []
+    for depth, part in enumerate(path[:-1], 1):
         child = node.get(part)
         if not isinstance(child, dict):
             child = {}
             node[part] = child
+            made.append(path[:depth])
         node = child
     node[path[-1]] = value
+    return made
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
@@ -215,7 +246,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         except ValueError as exc:
             problems.append(Problem("--set", None, "", str(exc)))
             continue
-        _apply_override(data, key, value)
+        for made in _apply_override(data, key, value):
+            override_locs.setdefault(made, text)
         override_locs[key] = text
 
     config = None

@@ -33,9 +33,18 @@ def test_duration_formatting_round_trips():
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    """A config file, next to the `rules/` folder it names by default (load_config checks it)."""
     p = tmp_path / name
     p.write_text(text)
+    some_rules(tmp_path / "rules")
     return p
+
+
+def some_rules(folder: Path) -> Path:
+    """A rules folder `load_config` accepts (it only checks that there is a rule file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "home.yaml").touch()
+    return folder
 
 
 def test_shipped_configs_are_valid():
@@ -96,6 +105,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
     sub = tmp_path / "etc"
     sub.mkdir()
     p = write(sub, "rules: my-rules\nstate_dir: ../var\naudio:\n  source: file:sounds/a.wav\n")
+    some_rules(sub / "my-rules")
+    some_rules(tmp_path / "cli-rules")
     config = load_config(p)
     assert config.rules == sub / "my-rules"
     assert config.state_dir == tmp_path / "var"

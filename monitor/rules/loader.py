@@ -209,7 +209,8 @@ def _finish(parsed: list[_Parsed], problems: list[Problem], files: tuple[Path, .
         if rule is not None:
             rules.append(rule)
     for located, i, raw, _rule in parsed:
-        if "from" in raw and declared.get(raw.get("id")) is raw:  # type: ignore[arg-type]
+        rule_id = raw.get("id")  # any YAML value: `id: [a]` must not end the check with a TypeError
+        if "from" in raw and isinstance(rule_id, str) and declared.get(rule_id) is raw:
             message = _source_problem(raw, declared)
             if message:
                 loc = ("rules", i, "from")

@@ -238,7 +238,7 @@ def kind_of(data: dict[str, Any]) -> str | None:
     if "from" in data:
         return "match"
     answer = data.get("answer", "yes_no")
-    return answer if answer in MODELS else None
+    return answer if isinstance(answer, str) and answer in MODELS else None  # `answer: [text]` is no kind
 
 
 def cross_checks(rule: Rule, written: set[str]) -> list[tuple[str, str]]:
