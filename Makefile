@@ -10,7 +10,7 @@ TORCH     ?= torch==2.13.0
 PYTEST_ARGS ?=
 
 RUN_DEBS  := libportaudio2 libsndfile1
-TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd
+TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd faketime
 
 .PHONY: run test check bench debs clean
 

@@ -110,8 +110,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-publish-"))
     broker = Mosquitto(work)
     broker.start()
+    # birth_timeout 0: measure delivery itself, not the wait for Home Assistant after connecting
     settings = MqttSettings(host="127.0.0.1", port=broker.port, reconnect_min=0.05, reconnect_max=0.2,
-                            outbox={"fsync": not args.no_fsync})
+                            birth_timeout=0, outbox={"fsync": not args.no_fsync})
     topic = "audio-monitor/bench/fall/event"
     sub = Counter(broker.port, topic)
     pub = Publisher(settings, "bench", "Bench", work / "state")

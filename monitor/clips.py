@@ -53,9 +53,12 @@ class ClipStore:
     def save(self, event: Event, ring: RingBuffer, start: int, end: int) -> Path | None:
         """Save samples [start - pre_roll, end) of the ring; None (logged) when it cannot.
 
-        The pre-roll is cut short where the ring no longer holds it (or before the first sample).
+        The pre-roll is cut short where the ring no longer holds it (or before the first sample),
+        and where a mute ended: audio from while it was muted is never saved.
         """
         first = max(ring.oldest, start - int(round(self.settings.pre_roll * ring.sample_rate)), 0)
+        if ring.private_end <= start:
+            first = max(first, ring.private_end)
         try:
             audio = ring.read(first, min(end, ring.written))
         except (Overwritten, LookupError) as exc:

@@ -41,6 +41,9 @@ class AudioSettings(Section):
     """Capture block size (latency of the audio callback)."""
     realtime: bool = True
     """For `file:` sources: pace the file in real time (true) or read it as fast as it is processed."""
+    silence_timeout: Duration = Field(60.0, ge=0, le=86400)
+    """Capture that delivers only digital silence (exact zeros) this long counts as lost (a dead or
+    hardware-muted microphone: a real room is never exactly zero); 0 turns the check off."""
 
     @field_validator("source", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ Threads and what they own:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -80,6 +81,7 @@ class Daemon:
         self._last_watchdog = 0.0
         self._processed_at_status = (0, time.monotonic())
         self.ready = threading.Event()
+        self._failed_at: set[tuple[str, str, int]] = set()  # where unexpected errors were logged in full (_survive)
 
     # ------------------------------------------------------------------ control from outside
 
@@ -124,11 +126,23 @@ class Daemon:
         self.reloader = RuleReloader(cfg.rules)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.state_dir / ".writable"
-            probe.write_text("")
-            probe.unlink()
         except OSError as exc:
             raise StartupError(f"state_dir: cannot write to {self.state_dir} ({exc.strerror}); create it or point state_dir elsewhere") from None
+        probe = self.state_dir / ".writable"
+        try:
+            probe.write_text("probe\n")  # some bytes: a full file system may still create an empty file
+        except OSError as exc:
+            # A full or read-only disk must not silence the alarms (events are then published
+            # without the outbox); a folder the service may not write to is a setup error.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                raise StartupError(f"state_dir: cannot write to {self.state_dir} ({exc.strerror}); create it or point state_dir elsewhere") from None
+            log.warning("state_dir %s: cannot write (%s); starting anyway: events are published without the outbox "
+                        "until it can store them, clips and the mute state are not kept", self.state_dir, exc.strerror)
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
         if self._source is None and cfg.audio.file_path is None and cfg.audio.device is not None:
             try:  # a misnamed device is a config error at startup (later it is only retried)
                 import sounddevice as sd
@@ -145,9 +159,7 @@ class Daemon:
         self.clips = ClipStore(self.state_dir / "clips", cfg.clips)
         if cfg.scores_log is not None:
             self.scorelog = ScoreLog(cfg.scores_log)
-        self.pipeline.muted.clear()
-        if self._load_mute():
-            self.pipeline.muted.set()
+        self.pipeline.set_muted(self._load_mute())
 
     def _start_publisher(self) -> None:
         from monitor.publish import Publisher
@@ -155,7 +167,10 @@ class Daemon:
         self.publisher = Publisher(self.config.mqtt, self.config.node_id, self.config.display_name, self.state_dir,
                                  on_command=self._on_command)
         assert self.pipeline is not None
-        self.publisher.set_muted(self.pipeline.muted.is_set())
+        self.publisher.set_muted(self.pipeline.muted)
+        hearing = self.pipeline.hearing
+        self.publisher.set_hearing(hearing.ok, hearing.reason, hearing.detail)
+        self.metrics.capture_ok.labels(self.config.node_id).set(1 if hearing.ok else 0)
         self.publisher.set_entities(entity_specs(self.pipeline.rules.ruleset))
         for rule_id, on in self.pipeline.rules.on_states().items():
             self.publisher.publish_state(rule_id, on)
@@ -164,7 +179,11 @@ class Daemon:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or a finite source ends); the process exit code."""
+        """Run until SIGTERM/SIGINT (or a finite source ends); the process exit code.
+
+        Once the publisher runs, every way out goes through `_shutdown` (flush the outbox, say
+        `offline`), also after an unexpected error, which is logged with its traceback.
+        """
         self._install_signals()
         try:
             self._prepare()
@@ -181,26 +200,30 @@ class Daemon:
             except OSError as exc:
                 log.error("metrics: cannot listen on %s:%d (%s); set metrics.port or metrics.enabled: false",
                           cfg.metrics.host, cfg.metrics.port, exc.strerror)
-        self.notifier.status("loading the model")
-        log.info("loading model %s", cfg.model.path or cfg.model.id)
-        error = self.pipeline.load_model()
-        if error is not None:  # the engine thread has logged the one line saying what to do
-            self._shutdown()
+        try:
+            self.notifier.status("loading the model")
+            log.info("loading model %s", cfg.model.path or cfg.model.id)
+            error = self.pipeline.load_model()
+            if error is not None:  # the engine thread has logged the one line saying what to do
+                return 1
+            if self._stop.is_set():
+                return 0
+            self.pipeline.start_audio()
+            if not self._wait_first_audio():
+                return 0 if self._stop.is_set() else 1
+            self.notifier.ready(self._status_line())
+            self.ready.set()
+            log.info("listening: %d rule(s), windows of %gs every %gs", len(self.pipeline.rules.ruleset.rules),
+                     cfg.windows.length, cfg.windows.hop)
+            return self._loop()
+        except Exception:  # noqa: BLE001 - logged in full; exit non-zero so that the service restarts
+            log.exception("unexpected error; stopping so that the service restarts")
             return 1
-        if self._stop.is_set():
-            self._shutdown()
-            return 0
-        self.pipeline.start_audio()
-        if not self._wait_first_audio():
-            self._shutdown()
-            return 0 if self._stop.is_set() else 1
-        self.notifier.ready(self._status_line())
-        self.ready.set()
-        log.info("listening: %d rule(s), windows of %gs every %gs", len(self.pipeline.rules.ruleset.rules),
-                 cfg.windows.length, cfg.windows.hop)
-        code = self._loop()
-        self._shutdown()
-        return code
+        finally:
+            try:
+                self._shutdown()
+            except Exception:  # noqa: BLE001 - the exit code must still reach the service manager
+                log.exception("error while stopping")
 
     def _wait_first_audio(self) -> bool:
         assert self.pipeline is not None
@@ -225,8 +248,11 @@ class Daemon:
         while not self._stop.is_set():
             result = pipeline.next_result(timeout=0.25)
             if result is not None:
-                self._handle(result)
-            self._tick()
+                self._handle(result)  # never raises
+            try:
+                self._tick()
+            except Exception as exc:  # noqa: BLE001 - housekeeping must not end the listening
+                self._survive("housekeeping", exc)
             if pipeline.finished:
                 log.info("end of %s: %d window(s) processed", self.config.audio.source, pipeline.stats.processed)
                 return 0
@@ -235,9 +261,33 @@ class Daemon:
                 return 1
         return 0
 
+    def _survive(self, what: str, exc: BaseException) -> None:
+        """Log an unexpected error met while handling `what`, and carry on.
+
+        The traceback is logged the first time an error comes from a given place and later ones
+        from there go to debug, so a bug hit on every window neither stops the monitor (and its
+        alarms) nor floods the log.
+        """
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = (type(exc).__name__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+        if where in self._failed_at:
+            log.debug("error again while handling %s: %r", what, exc)
+            return
+        self._failed_at.add(where)
+        log.error("unexpected error while handling %s; carrying on (logged in full once)", what, exc_info=exc)
+
     # ------------------------------------------------------------------ per window
 
     def _handle(self, result: Result) -> None:
+        """Decide, measure and publish one window; never raises (see _survive): the next window goes on."""
+        try:
+            self._handle_window(result)
+        except Exception as exc:  # noqa: BLE001 - one bad window must not end the monitor
+            self._survive("a window", exc)
+
+    def _handle_window(self, result: Result) -> None:
         pipeline = self.pipeline
         assert pipeline is not None
         events = pipeline.process(result)
@@ -262,15 +312,22 @@ class Daemon:
                                                for k, s in result.scores.items()})
 
     def _publish_events(self, events: list[Event], result: Result | None) -> None:
+        """Save clips and publish events, each on its own: an error in one is logged and the rest go on."""
+        for event in events:
+            try:
+                self._publish_event(event, result)
+            except Exception as exc:  # noqa: BLE001 - the other events (alarms) must still go out
+                self._survive(f"event {event.rule_id} {event.kind} id={event.id}", exc)
+
+    def _publish_event(self, event: Event, result: Result | None) -> None:
         pipeline = self.pipeline
         assert pipeline is not None
-        rules = pipeline.rules.ruleset
-        for event in events:
-            self.metrics.events.labels(event.rule_id, event.kind).inc()
-            rule = rules.get(event.rule_id)
-            kind = rule.kind if rule is not None else "yes_no"
-            if (result is not None and self.clips is not None and not pipeline.muted.is_set()
-                    and self.clips.wants(event, kind)):
+        self.metrics.events.labels(event.rule_id, event.kind).inc()
+        rule = pipeline.rules.ruleset.get(event.rule_id)
+        kind = rule.kind if rule is not None else "yes_no"
+        if (result is not None and self.clips is not None and not pipeline.muted
+                and self.clips.wants(event, kind)):
+            try:
                 # the event's times are the window's, or for a transcript its utterance's, inside it
                 window = result.window
                 start = window.start + round((event.window_start - window.t_start) * window.sample_rate)
@@ -278,15 +335,19 @@ class Daemon:
                 path = self.clips.save(event, pipeline.ring, start, end)
                 if path is not None:
                     event = event.with_clip(str(path))
-            log.info("event %s %s id=%s%s", event.rule_id, event.kind, event.id,
-                     f" score={event.score:.3f}" if event.score is not None else (f" text={event.text!r}" if event.text else ""))
-            if self.publisher is None:
-                continue
-            self.publisher.publish_event(event)
-            if event.kind in ("on", "off"):
-                self.publisher.publish_state(event.rule_id, event.kind == "on")
-            elif event.kind == "text" and event.text is not None:
-                self.publisher.publish_text(event.rule_id, event.text)
+            except Exception as exc:  # noqa: BLE001 - the alarm goes out without its evidence
+                self._survive(f"the clip of event {event.rule_id} {event.kind} id={event.id}", exc)
+        # logged once the event is safe (stored, or handed over directly): the log never claims more
+        route = self.publisher.publish_event(event) if self.publisher is not None else "none (no MQTT)"
+        log.info("event %s %s id=%s%s via=%s", event.rule_id, event.kind, event.id,
+                 f" score={event.score:.3f}" if event.score is not None else (f" text={event.text!r}" if event.text else ""),
+                 route)
+        if self.publisher is None:
+            return
+        if event.kind in ("on", "off"):
+            self.publisher.publish_state(event.rule_id, event.kind == "on")
+        elif event.kind == "text" and event.text is not None:
+            self.publisher.publish_text(event.rule_id, event.text)
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -295,6 +356,7 @@ class Daemon:
         if self._mute_request is not None:
             self._set_muted(self._mute_request)
             self._mute_request = None
+        self._check_hearing()
         if self._reload.is_set():
             self._reload.clear()
             self._do_reload("reload requested")
@@ -341,19 +403,39 @@ class Daemon:
 
     def _set_muted(self, muted: bool) -> None:
         assert self.pipeline is not None
-        if muted == self.pipeline.muted.is_set():
+        if muted == self.pipeline.muted:
             if self.publisher is not None:
                 self.publisher.set_muted(muted)
             return
-        if muted:
-            self.pipeline.muted.set()
-        else:
-            self.pipeline.muted.clear()
+        self.pipeline.set_muted(muted)
         self._save_mute(muted)
-        log.info("muted: no questions asked, no audio saved" if muted else "unmuted: listening again")
+        log.info("muted: no questions asked, no audio kept" if muted else "unmuted: listening again")
         self.metrics.muted.set(1 if muted else 0)
         if self.publisher is not None:
             self.publisher.set_muted(muted)
+        self._check_hearing()
+        self._report_status()
+
+    def _check_hearing(self) -> None:
+        """Notice a room that stopped (or started again) hearing: OFF events, the problem sensor, a log line."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return
+        changed, events = pipeline.check_hearing()
+        if not changed:
+            return
+        hearing = pipeline.hearing
+        if hearing.ok:
+            log.info("hearing again: windows are decided from now on")
+        elif hearing.reason == "muted":
+            log.info("cannot hear: muted; %d rule(s) that were ON turned OFF", len(events))
+        else:
+            log.error("cannot hear: capture lost (%s); %d rule(s) that were ON turned OFF, and the Microphone "
+                      "problem sensor is ON until audio comes back", hearing.detail, len(events))
+        self._publish_events(events, None)
+        self.metrics.capture_ok.labels(self.config.node_id).set(1 if hearing.ok else 0)
+        if self.publisher is not None:
+            self.publisher.set_hearing(hearing.ok, hearing.reason, hearing.detail)
         self._report_status()
 
     def _load_mute(self) -> bool:
@@ -382,8 +464,11 @@ class Daemon:
         processed, since = self._processed_at_status
         rate = ((p.stats.processed - processed) / (now - since)) if p is not None and now > since else 0.0
         engine_ms = p.stats.last_engine_ms if p is not None else 0.0
+        hearing = p.hearing if p is not None else None
         out: dict[str, Any] = {  # the publisher adds the version and its own counters
-            "state": "muted" if p is not None and p.muted.is_set() else "listening",
+            "state": "muted" if p is not None and p.muted else "listening" if hearing is None or hearing.ok else "deaf",
+            "hearing": hearing.label if hearing is not None else None,
+            "hearing_detail": hearing.detail if hearing is not None and not hearing.ok else None,
             "uptime_s": round(now - self._started, 1),
             "windows_per_s": round(rate, 3),
             "real_time_factor": round(engine_ms / 1000.0 / self.config.windows.hop, 3),
@@ -392,6 +477,7 @@ class Daemon:
             "processed": p.stats.processed if p is not None else 0,
             "skipped": p.skipped if p is not None else 0,
             "failed": p.stats.failed if p is not None else 0,
+            "undecided": p.stats.undecided if p is not None else 0,
             "capture": p.source.stats.state if p is not None else None,
             "overflows": p.source.stats.overflows if p is not None else 0,
             "mqtt": "connected" if self.publisher is not None and self.publisher.connected else "disconnected",
@@ -402,7 +488,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         s = self.status()
-        return (f"{s['state']}: {s['windows_per_s']:.2f} windows/s, RTF {s['real_time_factor']:.2f}, "
+        deaf = f"cannot hear ({s['hearing']}: {s['hearing_detail']}); " if s["hearing"] not in (None, "ok") else ""
+        return (f"{deaf}{s['state']}: {s['windows_per_s']:.2f} windows/s, RTF {s['real_time_factor']:.2f}, "
                 f"lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}, MQTT {s['mqtt']}, outbox {s['outbox']}")
 
     def _sync_totals(self) -> None:
@@ -418,6 +505,13 @@ class Daemon:
         m.sync_total(m.overflows, "overflows", p.source.stats.overflows)
 
     def _report_status(self) -> None:
+        """Metrics, STATUS= and the MQTT status; never raises (it also runs on the way out)."""
+        try:
+            self._send_status()
+        except Exception as exc:  # noqa: BLE001 - a status is not worth the monitor
+            self._survive("the status", exc)
+
+    def _send_status(self) -> None:
         p = self.pipeline
         if p is None:
             return
@@ -425,6 +519,7 @@ class Daemon:
         self._sync_totals()
         if self.publisher is not None:
             m.outbox.set(self.publisher.outbox_depth)
+            m.outbox_ok.set(1 if self.publisher.outbox_ok else 0)
             m.mqtt.set(1 if self.publisher.connected else 0)
         status = self.status()
         self._processed_at_status = (p.stats.processed, time.monotonic())
@@ -436,19 +531,28 @@ class Daemon:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self) -> None:
+        """Stop everything in order; a step that fails is logged and the next one still runs."""
         self.notifier.stopping()
         timeout = self.config.stop_timeout
-        if self.pipeline is not None:
-            log.info("stopping: capture first, then the window in flight (at most %gs)", timeout)
-            # answers that arrived while stopping are still decided and published
-            for result in self.pipeline.stop(timeout=timeout):
-                self._handle(result)
-        if self.publisher is not None:
-            self._report_status()
-            self.publisher.stop(timeout=timeout)
-        if self.scorelog is not None:
-            self.scorelog.close()
-        self.metrics.close()
+        pipeline, publisher, scorelog = self.pipeline, self.publisher, self.scorelog
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if pipeline is not None:
+            def drain() -> None:
+                log.info("stopping: capture first, then the window in flight (at most %gs)", timeout)
+                # answers that arrived while stopping are still decided and published
+                for result in pipeline.stop(timeout=timeout):
+                    self._handle(result)
+            steps.append(("the pipeline", drain))
+        if publisher is not None:
+            steps += [("the status", self._report_status), ("the publisher", lambda: publisher.stop(timeout=timeout))]
+        if scorelog is not None:
+            steps.append(("the score log", scorelog.close))
+        steps.append(("the metrics endpoint", self.metrics.close))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the outbox and `offline` matter more than a tidy exit
+                self._survive(f"stopping {what}", exc)
         log.info("stopped")
 
 

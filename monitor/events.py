@@ -31,6 +31,7 @@ class Event:
     text: str | None = None  # the answer of a text rule, or the transcript a match rule fired on
     clip: str | None = None  # path of the evidence clip, when one was saved
     source_rule: str | None = None  # for `match` events: the text rule whose answer matched
+    reason: str | None = None  # for `off` events: released, schedule, rule_changed, rule_removed, rule_disabled, muted, capture_lost
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique; a hub drops duplicates by it
 
     def with_clip(self, path: str) -> Event:
@@ -57,6 +58,8 @@ class Event:
             out["text"] = self.text
         if self.source_rule is not None:
             out["source_rule"] = self.source_rule
+        if self.reason is not None:
+            out["reason"] = self.reason
         if self.clip is not None:
             out["clip"] = self.clip
         return out

@@ -29,8 +29,12 @@ class Metrics:
         self.lift = Gauge("audio_monitor_rule_lift", "Latest score minus the score on silence", ["rule"], registry=r)
         self.events = Counter("audio_monitor_events", "Events by rule and kind", ["rule", "kind"], registry=r)
         self.outbox = Gauge("audio_monitor_outbox_depth", "Messages waiting for the broker's acknowledgement", registry=r)
+        self.outbox_ok = Gauge("audio_monitor_outbox_ok", "1 while the outbox can store events (0: they are published "
+                               "directly, not kept across a restart)", registry=r)
         self.mqtt = Gauge("audio_monitor_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
         self.muted = Gauge("audio_monitor_muted", "1 while muted (no questions asked, no audio saved)", registry=r)
+        self.capture_ok = Gauge("audio_monitor_capture_ok", "1 while the source can hear (not muted, capture working, "
+                                "not only digital silence)", ["source"], registry=r)
         self._server: Any = None
         self._totals: dict[str, float] = {}
 

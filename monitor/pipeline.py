@@ -8,6 +8,12 @@
 A live source submits with drop-oldest, so capture never waits for the model: stale windows are
 skipped and counted. A file read as fast as possible submits with back-pressure instead, so
 every window is answered and a replay is deterministic.
+
+Hearing. A room that cannot hear — muted, or its capture lost (device gone, stream down, digital
+silence for longer than `audio.silence_timeout`) — must not keep an alarm ON that nothing will
+ever clear, nor look healthy: `check_hearing` turns every ON rule OFF with the reason, and
+answers about audio from before hearing resumed are not decided. Mute is applied where audio is
+written (the ring stores zeros), so nothing heard while muted reaches a window, a clip or a log.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.audio.ringbuffer import RingBuffer
@@ -37,26 +43,47 @@ class PipelineStats:
     """Counters of the listening path (written by its threads, read by anyone)."""
 
     windows: int = 0  # cut by the scheduler
-    muted: int = 0  # cut while muted: not asked
+    unheard: int = 0  # cut while muted or with the capture lost: not asked
     processed: int = 0  # answered and passed through the rules
     failed: int = 0  # answered with an error (OOM, ...)
-    last_lag: float = 0.0  # seconds from the end of the newest processed window to its result
+    undecided: int = 0  # answered while the room could not hear, or about audio from before: not decided
+    last_lag: float = 0.0  # seconds of audio captured since the end of the newest processed window
     last_engine_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """Whether a room can hear, and if not, why (`muted` or `capture_lost`) and a detail for people."""
+
+    ok: bool
+    reason: str | None = None
+    detail: str = field(default="", compare=False)
+
+    @property
+    def label(self) -> str:
+        return "ok" if self.ok else str(self.reason)
+
+
+HEARING_OK = Hearing(True)
+CAPTURE_STALL = 5.0  # seconds without a single new sample from a live capture: it is lost
 
 
 class Pipeline:
     """Owns the ring, the source, the scheduler thread, the engine thread and the rule engine."""
 
     def __init__(self, config: Config, ruleset: RuleSet, *, source: AudioSource | None = None,
-                 engine_factory: Callable[..., Any] | None = None):
+                 engine_factory: Callable[..., Any] | None = None, start_time: float | None = None):
+        """`start_time`: wall-clock time of a file source's first sample (replay); default: now."""
         self.config = config
         self.ring = source.ring if source is not None else RingBuffer(int(config.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
-        self.source = source if source is not None else make_source(config.audio, self.ring)
+        self.source = source if source is not None else make_source(config.audio, self.ring, start_time=start_time)
         self.live = self.source.live
         self.scheduler = WindowScheduler(self.source, config.windows.length, config.windows.hop, config.vad.aggressiveness)
         self.rules = RuleEngine(ruleset)
         self.stats = PipelineStats()
-        self.muted = threading.Event()
+        self.hearing = HEARING_OK
+        self._hear_from = 0  # answers about windows that start earlier are not decided
+        self._seen_written, self._seen_at = 0, time.monotonic()  # when the ring last grew (stall check)
         self._rules_lock = threading.Lock()  # plan (scheduler thread) vs update/swap (caller)
         self._results: queue.Queue[Result] = queue.Queue(maxsize=8)
         self._stop = threading.Event()
@@ -116,8 +143,8 @@ class Pipeline:
         try:
             for window in self.scheduler.windows(self._stop):
                 self.stats.windows += 1
-                if self.muted.is_set():
-                    self.stats.muted += 1
+                if self.ring.muted or window.start < self.ring.private_end or not self.hearing.ok:
+                    self.stats.unheard += 1  # muted (or cut just as the mute came), or a dead capture
                     continue
                 with self._rules_lock:
                     request = self.rules.plan(window)
@@ -140,13 +167,76 @@ class Pipeline:
             return None
 
     def process(self, result: Result) -> list[Event]:
-        """Pass one engine result through the rules; the events it decided."""
+        """Pass one engine result through the rules; the events it decided.
+
+        Not decided (no events): answers that arrive while the room cannot hear, and answers about
+        audio from before hearing resumed — they would turn rules ON again behind a mute.
+        """
         self.stats.processed += 1
         self.stats.failed += result.error is not None
         self.stats.last_engine_ms = result.engine_ms
-        self.stats.last_lag = max(0.0, time.time() - result.window.t_end) if self.live else 0.0
+        window = result.window
+        # on the audio's clock: how much has been captured since the window ended (a clock step cannot fake lag)
+        self.stats.last_lag = max(0.0, (self.ring.written - window.end) / window.sample_rate) if self.live else 0.0
+        if not self.hearing.ok or window.start < self._hear_from:
+            self.stats.undecided += 1
+            return []
         with self._rules_lock:
-            return self.rules.update(result.window, result)
+            return self.rules.update(window, result)
+
+    # ------------------------------------------------------------------ hearing
+
+    @property
+    def muted(self) -> bool:
+        return self.ring.muted
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute or unmute at the write side of the ring (see `RingBuffer.set_muted`); `check_hearing` reports it."""
+        self.ring.set_muted(muted)
+
+    def assess_hearing(self) -> Hearing:
+        """Can this room hear now? Muted, capture failing, or digital silence for too long say no."""
+        if self.ring.muted:
+            return Hearing(False, "muted", "muted by the user")
+        source = self.source
+        if not getattr(source, "capture", False):
+            return HEARING_OK  # a file never goes deaf
+        stats = source.stats
+        if stats.state in ("retrying", "failed"):
+            return Hearing(False, "capture_lost", stats.last_error or stats.state)
+        # No new samples at all, whatever the source thinks of itself (a thread stuck in a driver):
+        # measured here, on the monotonic clock, from the outside.
+        now = time.monotonic()
+        if self.ring.written != self._seen_written:
+            self._seen_written, self._seen_at = self.ring.written, now
+        elif stats.first_audio.is_set() and now - self._seen_at > CAPTURE_STALL:
+            return Hearing(False, "capture_lost", f"no audio at all for {now - self._seen_at:.0f}s")
+        limit = self.config.audio.silence_timeout
+        silent = self.ring.silent_samples / self.ring.sample_rate
+        if limit and stats.first_audio.is_set() and silent >= limit:
+            return Hearing(False, "capture_lost", f"only digital silence (all-zero samples) for {silent:.0f}s")
+        return HEARING_OK
+
+    def check_hearing(self, now: float | None = None) -> tuple[bool, list[Event]]:
+        """Re-assess hearing (the caller's thread); (changed, the OFF events a loss of hearing caused).
+
+        On a loss every ON rule turns OFF with the reason; when hearing returns, only windows
+        that start after that moment are decided.
+        """
+        hearing = self.assess_hearing()
+        if hearing == self.hearing:
+            return False, []
+        was = self.hearing
+        self.hearing = hearing
+        events: list[Event] = []
+        if not hearing.ok and (was.ok or was.reason != hearing.reason):
+            with self._rules_lock:
+                events = self.rules.deafen(str(hearing.reason), time.time() if now is None else now)
+        if hearing.ok:
+            # after a mute the scheduler already starts windows where it ended; after a lost
+            # capture, windows from before this moment hold the outage
+            self._hear_from = self.ring.private_end if was.reason == "muted" else self.ring.written
+        return True, events
 
     def swap_rules(self, ruleset: RuleSet) -> list[Event]:
         """Install new rules between windows; unchanged rules keep their state."""

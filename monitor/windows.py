@@ -39,10 +39,10 @@ class Window:
     """One window of audio and what was measured on it."""
 
     seq: int
-    start: int  # absolute sample index of the first sample
+    start: int  # absolute sample index of the first sample: the audio's own clock
     end: int  # one past the last sample
     sample_rate: int
-    t_start: float  # wall-clock (epoch seconds) of the first sample
+    t_start: float  # wall-clock (epoch seconds) of the first sample: for schedules and time stamps only
     t_end: float
     audio: np.ndarray = field(repr=False)  # mono float32, end - start samples
     dbfs: float
@@ -59,6 +59,15 @@ class Window:
     def offset(self) -> float:
         """Seconds from the start of the source to the window's start."""
         return self.start / self.sample_rate
+
+    @property
+    def audio_end(self) -> float:
+        """Seconds of audio from the start of the source to the window's end.
+
+        The clock of rule time (patience, hold, cooldown): it counts samples, so a step of the
+        wall clock (NTP, a person setting the time) cannot stretch or cut a hold.
+        """
+        return self.end / self.sample_rate
 
     def segment(self, start: int, end: int) -> np.ndarray:
         """Audio of [start, end) (absolute indices) that lies inside this window."""
@@ -188,19 +197,28 @@ class WindowScheduler:
         return window
 
     def windows(self, stop: threading.Event | None = None) -> Iterator[Window]:
-        """Yield windows until `stop` is set or a finite source ends."""
+        """Yield windows until `stop` is set or a finite source ends.
+
+        No window starts before the ring's `private_end`: after a mute, the first window starts
+        where listening resumed, so no window holds audio from while it was muted.
+        """
         stop = stop or threading.Event()
         next_end = self.length
         last_end = 0
         while not stop.is_set():
+            floor = self.ring.private_end
+            if next_end - self.length < floor:  # (still) muted: restart the grid where it ended
+                next_end = floor + self.length
             if not self.source.wait_for(next_end, timeout=0.25):
                 if self.source.finished or self.ring.closed:
                     total = self.ring.written
-                    if total > last_end and not stop.is_set():  # the tail no window has covered yet
-                        window = self._cut(max(0, total - self.length), total, final=True)
+                    if total > max(last_end, floor) and not stop.is_set():  # the tail no window has covered yet
+                        window = self._cut(max(0, floor, total - self.length), total, final=True)
                         if window is not None:
                             yield window
                     return
+                continue
+            if self.ring.private_end > floor:  # muted while waiting: those samples are private
                 continue
             written = self.ring.written
             if self.source.live and written - next_end >= self.hop:

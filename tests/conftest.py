@@ -201,6 +201,22 @@ def subscriber_factory() -> Iterator:
         s.close()
 
 
+@pytest.fixture
+def recorders() -> Iterator:
+    """Factory of recording MQTT clients (tests/helpers/mqtt_clients.Recorder), closed after the test."""
+    from helpers.mqtt_clients import Recorder
+
+    made: list[Recorder] = []
+
+    def factory(broker: Broker, topics: str | list[str] = "#", **kw) -> Recorder:
+        made.append(Recorder(broker.host, broker.port, topics, **kw))
+        return made[-1]
+
+    yield factory
+    for r in made:
+        r.close()
+
+
 # ---------------------------------------------------------------------------- virtual microphone
 
 VMIC_PA = """\

@@ -12,9 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, speech_wav
+
+RATE = 16_000
 
 # A yes/no rule that fires whenever something is audible: threshold 0 makes any score a hit,
 # the level gate makes silence a miss. The model's weights are random; the gate decides.
@@ -184,3 +188,20 @@ def events_of(messages: list[tuple[str, bytes, bool]], node: str = "test_node") 
         if topic.startswith(f"am/{node}/") and topic.endswith("/event"):
             out.append(json.loads(payload))
     return out
+
+
+def talk_file(tmp_path: Path, pattern: list[tuple[str, float]]) -> Path:
+    """A recording of silence, noise and speech segments: [("silence", 3), ("speech:text", 0), ...]."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for kind, seconds in pattern:
+        if kind == "silence":
+            parts.append(np.zeros(int(seconds * RATE), dtype=np.float32))
+        elif kind == "noise":
+            parts.append((rng.standard_normal(int(seconds * RATE)) * 0.05).astype(np.float32))
+        elif kind.startswith("speech:"):
+            wav = speech_wav(tmp_path / f"s{len(parts)}.wav", kind[7:])
+            parts.append(sf.read(wav, dtype="float32")[0])
+    path = tmp_path / "recording.wav"
+    sf.write(path, np.concatenate(parts), RATE)
+    return path

@@ -216,8 +216,9 @@ def test_muted_daemon_asks_nothing_saves_nothing_and_stays_muted(vmic, broker, s
         mute(b"OFF")
         _, listening = _wait_after(sub, n, _info("listening"))
         before, after = json.loads(muted[1]), json.loads(listening[1])
-        assert after["windows"] - before["windows"] >= 5  # 7 s of windows cut every second while muted ...
-        assert after["processed"] - before["processed"] <= 3  # ... and none asked, beyond those already in flight
+        # no window is cut from audio heard while muted; only those already in flight are answered
+        assert after["windows"] - before["windows"] <= 2
+        assert after["processed"] - before["processed"] <= 3
         assert all(r["dbfs"] < -45 for r in heard), "the noise played while muted reached the model"
         assert not events_of(sub.messages)
         assert not clips.exists() or not any(clips.iterdir())

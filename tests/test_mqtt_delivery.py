@@ -14,11 +14,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers.mqtt_clients import Recorder, first_occurrences
+from helpers.mqtt_clients import first_occurrences, has_events, make_event, wait_for
 from helpers.tcp_proxy import Proxy
 
 from monitor import __version__
-from monitor.events import Event
 from monitor.publish.publisher import Publisher
 from monitor.publish.settings import MqttSettings
 
@@ -29,29 +28,10 @@ EVENT_TOPIC = f"audio-monitor/{NODE}/fall/event"
 STATUS_TOPIC = f"audio-monitor/{NODE}/status"
 
 
-def make_event(ident: str, rule: str = "fall", **kw) -> Event:
-    now = time.time()
-    return Event(rule_id=rule, rule_name="Fall", kind=kw.pop("kind", "on"), ts=now, window_start=now - 8,
-                 window_end=now, score=kw.pop("score", 0.91), lift=kw.pop("lift", 0.42), id=ident, **kw)
-
-
 def settings(broker, **kw) -> MqttSettings:
+    # a short wait for Home Assistant after each connect: the hold runs, the suite does not wait 5 s each time
     return MqttSettings.model_validate({"host": broker.host, "port": broker.port, "reconnect_min": 0.2,
-                                        "reconnect_max": 1, **kw})
-
-
-@pytest.fixture
-def recorders() -> Iterator:
-    made: list[Recorder] = []
-
-    def factory(broker, topics="#", **kw) -> Recorder:
-        r = Recorder(broker.host, broker.port, topics, **kw)
-        made.append(r)
-        return r
-
-    yield factory
-    for r in made:
-        r.close()
+                                        "reconnect_max": 1, "birth_timeout": 0.3, **kw})
 
 
 @pytest.fixture
@@ -68,18 +48,6 @@ def publishers() -> Iterator:
         p.stop(timeout=1)
 
 
-def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def all_events(ids: list[str]):
-    return lambda msgs: set(ids) <= {json.loads(p)["id"] for t, p, _ in msgs if t == EVENT_TOPIC}
-
-
 # ---------------------------------------------------------------------------- in-process
 
 
@@ -90,7 +58,7 @@ def test_event_payload_and_retained_state(broker, recorders, publishers, tmp_pat
     ev = make_event("evt-1", text="help me", clip="/var/lib/audio-monitor/clips/x.wav")
     pub.publish_event(ev)
     pub.publish_state("fall", True)
-    rec.wait_until(all_events(["evt-1"]), what="the event")
+    rec.wait_until(has_events(["evt-1"], EVENT_TOPIC), what="the event")
     body = json.loads(rec.payloads(EVENT_TOPIC)[0])
     assert body["id"] == "evt-1" and body["rule"] == "fall" and body["name"] == "Fall" and body["node"] == NODE
     assert body["kind"] == "on" and body["event_type"] == "on"
@@ -116,7 +84,7 @@ def test_clips_of_waiting_events_are_reported_until_acknowledged(broker, recorde
     pub.publish_event(make_event("no-clip"))
     assert pub.pending_clips() == {"/clips/a.wav"}
     pub.start()
-    rec.wait_until(all_events(["with-clip", "no-clip"]), what="both events")
+    rec.wait_until(has_events(["with-clip", "no-clip"], EVENT_TOPIC), what="both events")
     wait_for(lambda: pub.outbox_depth == 0, what="acknowledgements")
     assert pub.pending_clips() == set()
 
@@ -153,7 +121,7 @@ def test_broker_down_30s_while_100_events_arrive_in_order(make_broker, recorders
     before = [f"b{i:03d}" for i in range(5)]
     for i in before:
         pub.publish_event(make_event(i))
-    rec.wait_until(all_events(before), what="events before the outage")
+    rec.wait_until(has_events(before, EVENT_TOPIC), what="events before the outage")
 
     broker.stop()
     t0 = time.monotonic()
@@ -165,7 +133,7 @@ def test_broker_down_30s_while_100_events_arrive_in_order(make_broker, recorders
     assert pub.outbox_depth == 100
     broker.start()
 
-    rec.wait_until(all_events(during), timeout=60, what="all 100 events after the restart")
+    rec.wait_until(has_events(during, EVENT_TOPIC), timeout=60, what="all 100 events after the restart")
     wait_for(lambda: pub.outbox_depth == 0, what="outbox to empty")
     ids = rec.event_ids()
     assert first_occurrences(ids) == before + during
@@ -212,7 +180,7 @@ def test_order_kept_when_the_connection_drops_mid_stream(broker, recorders, publ
         wait_for(lambda: pub.stats.connects > before, what="reconnect")
         connects.append(pub.stats.connects)
     producer.join()
-    rec.wait_until(all_events(ids), timeout=60, what="all events")
+    rec.wait_until(has_events(ids, EVENT_TOPIC), timeout=60, what="all events")
     wait_for(lambda: pub.outbox_depth == 0, what="outbox to empty")
     got = rec.event_ids()
     assert first_occurrences(got) == ids
@@ -239,7 +207,7 @@ def test_unacknowledged_events_go_before_newer_ones_after_a_reconnect(broker, re
         pub.start()
         for i in ("a0", "a1", "a2"):
             pub.publish_event(make_event(i))
-        rec.wait_until(all_events(["a0", "a1", "a2"]), what="events before the stall")
+        rec.wait_until(has_events(["a0", "a1", "a2"], EVENT_TOPIC), what="events before the stall")
         wait_for(lambda: pub.outbox_depth == 0, what="acknowledgements")
 
         proxy.stall()
@@ -254,7 +222,7 @@ def test_unacknowledged_events_go_before_newer_ones_after_a_reconnect(broker, re
             pub.publish_event(make_event(i))
         assert pub.outbox_depth == 12
 
-        rec.wait_until(all_events(lost + later), timeout=30, what="the lost window and the rest")
+        rec.wait_until(has_events(lost + later, EVENT_TOPIC), timeout=30, what="the lost window and the rest")
         wait_for(lambda: pub.outbox_depth == 0, what="outbox to empty")
         assert first_occurrences(rec.event_ids()) == ["a0", "a1", "a2", *lost, *later]
         assert pub.stats.connects == 2
@@ -318,7 +286,7 @@ def test_bad_ids_never_reach_a_topic(broker, recorders, publishers, tmp_path: Pa
 
 def write_config(path: Path, broker, state_dir: Path, extra: str = "") -> Path:
     path.write_text(
-        f"node_id: {NODE}\nstate_dir: {state_dir}\nlog: {{level: info}}\n"
+        f"node_id: {NODE}\nstate_dir: {state_dir}\nrules: {REPO / 'rules'}\nlog: {{level: info}}\n"
         f"mqtt:\n  host: {broker.host}\n  port: {broker.port}\n  reconnect_min: 0.2\n  reconnect_max: 1\n{extra}"
     )
     return path
@@ -404,10 +372,10 @@ def test_killed_while_broker_down_then_restarted(broker, recorders, procs, tmp_p
     second = procs(config)
     second.expect("ready")
     ids = [f"k-{i:05d}" for i in range(25)]
-    rec.wait_until(all_events(ids), timeout=30, what="events from before the kill")
+    rec.wait_until(has_events(ids, EVENT_TOPIC), timeout=30, what="events from before the kill")
     assert first_occurrences(rec.event_ids()) == ids
     second.send("event after-restart")
-    rec.wait_until(all_events(["after-restart"]), what="a new event")
+    rec.wait_until(has_events(["after-restart"], EVENT_TOPIC), what="a new event")
     assert rec.event_ids()[-1] == "after-restart"
     second.send("stop")
     assert second.expect("stopped")[0] == "stopped 0"

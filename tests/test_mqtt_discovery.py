@@ -42,19 +42,6 @@ def publishers() -> Iterator:
         p.stop(timeout=1)
 
 
-@pytest.fixture
-def recorders() -> Iterator:
-    made: list[Recorder] = []
-
-    def factory(broker, topics="#") -> Recorder:
-        made.append(Recorder(broker.host, broker.port, topics))
-        return made[-1]
-
-    yield factory
-    for r in made:
-        r.close()
-
-
 def discovery_payloads(rec: Recorder) -> list[dict]:
     return [json.loads(p) for p in rec.payloads(DISCOVERY)]
 
@@ -75,7 +62,7 @@ def test_discovery_has_every_entity_and_removes_deleted_rules(broker, publishers
         "fall_state": "binary_sensor", "fall_event": "event",
         "speech_text": "sensor", "speech_event": "event",
         "call_for_help_event": "event",
-        "mute": "switch", "level": "sensor", "reload": "button",
+        "mute": "switch", "level": "sensor", "reload": "button", "microphone": "binary_sensor",
     }
     assert {k: v["p"] for k, v in cmps.items()} == expected
     assert cmps["fall_state"]["device_class"] == "safety"

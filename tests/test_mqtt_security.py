@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, need_tool, wait_port
-from helpers.mqtt_clients import Recorder
+from helpers.mqtt_clients import Recorder, wait_for
 
 from monitor.events import Event
 from monitor.publish.client import PublisherError
@@ -24,14 +24,6 @@ def event(ident: str) -> Event:
     now = time.time()
     return Event(rule_id="fall", rule_name="Fall", kind="on", ts=now, window_start=now - 8, window_end=now,
                  score=0.9, id=ident)
-
-
-def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def errors_from_publisher(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -128,6 +128,8 @@ def test_settings_reject(bad: dict) -> None:
 
 
 def test_settings_in_a_config_file_report_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()  # the default `rules:`; load_config checks that it has a rule file
+    (tmp_path / "rules" / "home.yaml").touch()
     cfg = tmp_path / "monitor.yaml"
     cfg.write_text(textwrap.dedent("""\
         node_id: kitchen
@@ -216,7 +218,7 @@ def test_discovery_payload_has_every_entity() -> None:
     assert p["o"]["name"] == "audio-monitor"
     c = p["cmps"]
     assert set(c) == {"baby_crying_state", "baby_crying_event", "speech_text", "speech_event", "call_for_help_event",
-                      "mute", "level", "reload"}
+                      "mute", "level", "reload", "microphone"}
     assert c["baby_crying_state"]["p"] == "binary_sensor" and c["baby_crying_state"]["device_class"] == "sound"
     assert c["baby_crying_state"]["state_topic"] == t.rule_state("baby_crying")
     assert c["baby_crying_event"]["event_types"] == ["on", "off"]
@@ -224,6 +226,9 @@ def test_discovery_payload_has_every_entity() -> None:
     assert c["speech_event"]["event_types"] == ["text"] and c["call_for_help_event"]["event_types"] == ["match"]
     assert c["mute"]["p"] == "switch" and c["mute"]["command_topic"] == t.command("mute")
     assert c["level"]["unit_of_measurement"] == "dBFS"
+    mic = c["microphone"]  # ON while the monitor cannot hear
+    assert mic["p"] == "binary_sensor" and mic["device_class"] == "problem" and mic["state_topic"] == t.hearing
+    assert mic["value_template"] == "{{ value_json.problem }}" and mic["json_attributes_topic"] == t.hearing
     for cid, comp in c.items():
         assert comp["availability_topic"] == t.status, cid
         assert comp["payload_available"] == "online" and comp["payload_not_available"] == "offline"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -48,22 +49,28 @@ def test_time_of_follows_the_anchor():
 
 def test_wait_for_wakes_on_write_and_on_close():
     ring = RingBuffer(1000, 16000)
-    got = []
+    got: list[tuple[bool, float]] = []
 
-    def waiter():
-        got.append(ring.wait_for(500, timeout=10))
+    def waiter(index: int) -> None:
+        started = time.monotonic()
+        got.append((ring.wait_for(index, timeout=10), time.monotonic() - started))
 
-    t = threading.Thread(target=waiter)
+    t = threading.Thread(target=waiter, args=(500,))
     t.start()
+    time.sleep(0.2)  # the waiter is waiting: nothing written yet
+    assert t.is_alive()
     ring.write(np.zeros(500, dtype=np.float32))
     t.join(5)
-    assert got == [True]
-    t = threading.Thread(target=waiter)
-    ring2 = ring
-    ring2.close()
+    assert got[0][0] is True and got[0][1] < 5
+    # a waiter for samples that never come is woken by close(), long before its timeout
+    t = threading.Thread(target=waiter, args=(2000,))
     t.start()
+    time.sleep(0.2)
+    assert t.is_alive()
+    ring.close()
     t.join(5)
-    assert got == [True, True]  # already written
+    assert not t.is_alive()
+    assert got[1][0] is False and got[1][1] < 2
     assert RingBuffer(10, 16000).wait_for(5, timeout=0.05) is False
 
 

@@ -43,21 +43,21 @@ def window(t_end: float, seq: int = 0, *, dbfs: float = -20.0, speech_ratio: flo
 
 def answer(engine: RuleEngine, win: Window, values: dict[str, Any] | float | None = None,
            texts: dict[str, str] | None = None, error: str | None = None) -> Result:
-    """The Result the model engine would give for `engine.plan(win)`.
+    """The Result the model engine (through its worker, which copies the generation) would give for `engine.plan(win)`.
 
     `values`: per rule id a score, or (score, baseline); a bare one answers every question; None: all 0.
     `texts`: per text rule id the transcript returned for each of its planned utterances.
     """
     request = engine.plan(win)
     if error is not None:
-        return Result(window=win, error=error)
+        return Result(window=win, error=error, generation=request.generation)
     scores = {}
     for q in request.questions:
         v = (values or {}).get(q.key, 0.0) if isinstance(values, dict) or values is None else values
         score, baseline = v if isinstance(v, tuple) else (v, 0.0)
         scores[q.key] = Score(score=float(score), baseline=float(baseline))
     transcripts = [Transcript(t.key, (texts or {}).get(t.key, ""), t.start, t.end) for t in request.texts]
-    return Result(window=win, scores=scores, texts=transcripts)
+    return Result(window=win, scores=scores, texts=transcripts, generation=request.generation)
 
 
 def drive(engine: RuleEngine, steps: Iterable[Any], hop: float = 2.0, start: float = T0,

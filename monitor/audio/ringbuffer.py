@@ -4,12 +4,24 @@ One writer (the capture side) and any number of readers, without a lock: the wri
 samples in and then publishes the new total; a reader copies out and then checks that the
 writer did not lap the range while it was copying. Asking for samples that are gone raises
 `Overwritten`: a reader gets the audio it asked for or an error, never stale data.
+
+Two facts about the audio are kept at the write side, where every sample passes once:
+
+- Mute. While `muted`, the writer stores zeros instead of what was captured, so audio heard
+  while muted never enters the buffer, whoever reads it later. `private_end` is one past the
+  last sample written while muted: windows and clips start at or after it.
+- Digital silence. `silent_samples` counts the samples since the last write that held anything
+  but exact zeros: a microphone that delivers only zeros has stopped hearing.
+
+Sample indices are the audio's own clock; `time_of` maps them onto the wall clock through the
+latest anchor, read from `clock` (injectable, so tests can step it).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,16 +37,21 @@ class NotYetWritten(LookupError):
 class RingBuffer:
     """Single-writer ring buffer; absolute indices start at 0 with the first sample ever written."""
 
-    def __init__(self, capacity: int, sample_rate: int):
+    def __init__(self, capacity: int, sample_rate: int, clock: Callable[[], float] = time.time):
         if capacity <= 0:
             raise ValueError("capacity must be positive")
         self.capacity = int(capacity)
         self.sample_rate = int(sample_rate)
+        self.clock = clock
+        """The wall clock sources stamp their audio with (epoch seconds)."""
         self._data = np.zeros(self.capacity, dtype=np.float32)
         self._written = 0  # published total; only the writer assigns it
         self._reserved = 0  # total the writer is about to reach (set before it copies)
-        self._anchor = (0, time.time())  # (absolute index, wall time of that sample)
+        self._anchor = (0, clock())  # (absolute index, wall time of that sample)
         self._new_data = threading.Event()
+        self._muted = False  # any thread sets it; the writer applies it
+        self._private_end = 0  # one past the last sample written while muted
+        self._last_sound = 0  # one past the last write that held a non-zero sample
         self.closed = False
 
     @property
@@ -47,11 +64,31 @@ class RingBuffer:
         """The oldest absolute index still held."""
         return max(0, self._written - self.capacity)
 
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    def set_muted(self, muted: bool) -> None:
+        """From any thread: from the next write on, store zeros instead of the captured audio (or stop)."""
+        self._muted = bool(muted)
+
+    @property
+    def private_end(self) -> int:
+        """One past the last sample written while muted (0 if never muted): nothing before it may be heard."""
+        return self._private_end
+
+    @property
+    def silent_samples(self) -> int:
+        """Samples written since the last one that was not an exact zero (muted writes count as sound)."""
+        return self._written - self._last_sound
+
     def write(self, samples: np.ndarray, wall_time: float | None = None) -> None:
         """Append samples (writer thread only). `wall_time`: when the last sample was captured."""
         n = len(samples)
         if n == 0:
             return
+        muted = self._muted
+        sound = muted or bool(np.any(samples))
         if n > self.capacity:  # only the newest capacity samples can survive anyway
             self._reserved = self._written + n
             self._written += n - self.capacity
@@ -60,17 +97,25 @@ class RingBuffer:
         self._reserved = self._written + n
         start = self._written % self.capacity
         first = min(n, self.capacity - start)
-        self._data[start : start + first] = samples[:first]
-        if first < n:
-            self._data[: n - first] = samples[first:]
+        if muted:  # what was captured while muted is never stored
+            self._data[start : start + first] = 0.0
+            self._data[: n - first] = 0.0
+        else:
+            self._data[start : start + first] = samples[:first]
+            if first < n:
+                self._data[: n - first] = samples[first:]
         total = self._written + n
         if wall_time is not None:
             self._anchor = (total, wall_time)
+        if muted:
+            self._private_end = total
+        if sound:
+            self._last_sound = total
         self._written = total
         self._new_data.set()
 
     def write_silence(self, n: int) -> None:
-        """Append n zero samples (used to keep the timeline when capture lost audio)."""
+        """Append n zero samples (used to keep the timeline when capture lost audio; they count as silence)."""
         while n > 0:
             chunk = min(n, self.capacity)
             self.write(np.zeros(chunk, dtype=np.float32))

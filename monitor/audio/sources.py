@@ -44,6 +44,7 @@ class AudioSource(Protocol):
     ring: RingBuffer
     stats: CaptureStats
     live: bool  # True: audio arrives on its own clock and stale windows are skipped
+    capture: bool  # True: a device or stream that can fail or go dead (digital silence); False: a file
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -58,12 +59,15 @@ class AudioSource(Protocol):
 class FileSource:
     """WAV/FLAC/OGG at any rate and channel count, in real time or as fast as it is consumed."""
 
-    def __init__(self, path: str | Path, ring: RingBuffer, realtime: bool = True, block_seconds: float = 0.1):
+    def __init__(self, path: str | Path, ring: RingBuffer, realtime: bool = True, block_seconds: float = 0.1,
+                 start_time: float | None = None):
+        """`start_time`: wall-clock time of the first sample (epoch seconds); default: when it starts."""
         import soundfile
 
         self.path = Path(path)
         self.ring = ring
         self.live = realtime
+        self.capture = False
         self.stats = CaptureStats()
         if not self.path.exists():
             raise SourceError(f"audio.source: file not found: {self.path}")
@@ -83,14 +87,15 @@ class FileSource:
         self._eof = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._t0 = time.time()
+        self._start_time = start_time
+        self._t0 = start_time if start_time is not None else ring.clock()
 
     @property
     def finished(self) -> bool:
         return self._eof
 
     def start(self) -> None:
-        self._t0 = time.time()
+        self._t0 = self._start_time if self._start_time is not None else self.ring.clock()
         self.stats.state = "running"
         if self.live:
             self._thread = threading.Thread(target=self._pace, name="file-source", daemon=True)
@@ -183,6 +188,7 @@ class MicSource:
                  channels: int = 1, block_seconds: float = 0.05, max_backoff: float = 30.0):
         self.ring = ring
         self.live = True
+        self.capture = True
         self.stats = CaptureStats()
         self.device = device
         self.sample_rate = sample_rate
@@ -218,12 +224,13 @@ class MicSource:
         if status.input_overflow:
             self.stats.overflows += 1
         raw = self._raw
+        now = self.ring.clock()
         if indata.shape[1] == 1:
-            raw.write(indata[:, 0], wall_time=time.time())
+            raw.write(indata[:, 0], wall_time=now)
         else:
             out = self._scratch[:frames] if frames <= len(self._scratch) else np.empty(frames, dtype=np.float32)
             np.mean(indata, axis=1, out=out)
-            raw.write(out, wall_time=time.time())
+            raw.write(out, wall_time=now)
         self._last_callback = time.monotonic()
 
     def _open(self, sd: Any) -> tuple[Any, int]:
@@ -257,7 +264,7 @@ class MicSource:
                 if self.stats.state != "retrying" or message != self.stats.last_error:
                     log.error("audio: cannot open input device (%s); retrying every %.0fs at most", message, self.max_backoff)
                 self.stats.state, self.stats.last_error = "retrying", message
-                outage_since = outage_since or time.time()
+                outage_since = outage_since or time.monotonic()
                 if self._stop.wait(backoff):
                     break
                 backoff = min(backoff * 2, self.max_backoff)
@@ -268,22 +275,18 @@ class MicSource:
                     pass
                 continue
             if outage_since is not None:
-                self._fill_gap(time.time() - outage_since)
+                self._fill_gap(time.monotonic() - outage_since)
                 self.stats.restarts += 1
-                log.info("audio: capture resumed after %.1fs", time.time() - outage_since)
+                log.info("audio: capture resumed after %.1fs", time.monotonic() - outage_since)
                 outage_since = None
             backoff = 0.5
             self.stats.state, self.stats.last_error = "running", ""
             reason = self._pump(stream, rate)
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:
-                pass
+            _close_quietly(stream)
             if reason and not self._stop.is_set():
                 log.error("audio: capture stopped (%s); reopening", reason)
                 self.stats.state, self.stats.last_error = "retrying", reason
-                outage_since = time.time()
+                outage_since = time.monotonic()
 
     def _pump(self, stream: Any, rate: int) -> str:
         """Move audio from the device-rate ring into the model-rate ring until the stream dies."""
@@ -310,11 +313,12 @@ class MicSource:
                 cursor = written
                 self.stats.callbacks += 1
                 self.stats.first_audio.set()
-            if not stream.active:
-                return "the input stream ended (device removed?)"
+            # the stall first: it needs no call into PortAudio, which can hang when the server dies
             last = self._last_callback or opened
             if time.monotonic() - last > self.STALL_SECONDS:
                 return f"no audio from the device for {self.STALL_SECONDS:.0f}s"
+            if not stream.active:
+                return "the input stream ended (device removed?)"
         return ""
 
     def _fill_gap(self, seconds: float) -> None:
@@ -324,9 +328,30 @@ class MicSource:
             self.ring.write_silence(n)
 
 
-def make_source(audio: Any, ring: RingBuffer) -> AudioSource:
-    """The source named by an `audio:` config section."""
+def _close_quietly(stream: Any, timeout: float = 2.0) -> None:
+    """Abort and close a PortAudio stream without ever waiting on it for long.
+
+    When the sound server dies under a stream, PortAudio can block in abort/close; the capture
+    thread must go on reopening, so the closing happens in a throwaway thread.
+    """
+    def close() -> None:
+        try:
+            stream.abort()
+            stream.close()
+        except Exception:  # noqa: BLE001 - a dead stream may refuse either; it is dropped anyway
+            pass
+
+    closer = threading.Thread(target=close, name="capture-close", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    if closer.is_alive():
+        log.warning("audio: the old input stream did not close within %.0fs; left behind", timeout)
+
+
+def make_source(audio: Any, ring: RingBuffer, start_time: float | None = None) -> AudioSource:
+    """The source named by an `audio:` config section (`start_time`: a file's first sample, epoch seconds)."""
     if audio.file_path is not None:
-        return FileSource(audio.file_path, ring, realtime=audio.realtime, block_seconds=max(audio.block, 0.1))
+        return FileSource(audio.file_path, ring, realtime=audio.realtime, block_seconds=max(audio.block, 0.1),
+                          start_time=start_time)
     return MicSource(ring, device=audio.device, sample_rate=audio.sample_rate, channels=audio.channels,
                      block_seconds=audio.block)

@@ -36,6 +36,7 @@ class Request:
     window: Window
     questions: tuple[Question, ...] = ()
     texts: tuple[TextTask, ...] = ()
+    generation: int = 0  # the rule set it was planned under (the rule engine counts reloads)
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,4 @@ class Result:
     texts: list[Transcript] = field(default_factory=list)
     error: str | None = None  # set when the window failed (OOM, ...); scores/texts then empty
     engine_ms: float = 0.0
+    generation: int = 0  # copied from the request: which rules asked these questions

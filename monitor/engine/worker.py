@@ -244,6 +244,7 @@ class EngineWorker:
         except Exception as exc:  # noqa: BLE001 - Engine.run should not raise; if it does, the window fails alone
             log.exception("engine.run raised on window %s", getattr(request.window, "seq", "?"))
             result = Result(request.window, error=f"{type(exc).__name__}: {exc}")
+        result.generation = request.generation
         with self._cond:
             self.stats.processed += 1
             self.stats.failed += result.error is not None

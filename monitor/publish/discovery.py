@@ -6,7 +6,8 @@ software that made the payload (`o`) and every entity (`cmps`):
 - per yes_no rule: a `binary_sensor` (ON/OFF state) and an `event` entity (event types on/off);
 - per text rule: a `sensor` holding the last answer and an `event` entity (event type text);
 - per match rule: an `event` entity (event type match);
-- a mute `switch`, a sound-level `sensor` and a rule-reload `button`.
+- a mute `switch`, a sound-level `sensor`, a rule-reload `button`, and a `problem` binary_sensor
+  "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence).
 
 Every component is bound to the monitor's availability topic. Home Assistant keeps a component
 that is merely left out of a later payload; it removes one that is sent with nothing but its
@@ -89,7 +90,7 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int) -> dict[str, dic
 
 
 def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
-    """The mute switch, the sound-level sensor and the reload button every monitor has."""
+    """The mute switch, the sound-level sensor, the reload button and the Microphone problem sensor every monitor has."""
     avail = _availability(topics)
     return {
         "mute": {
@@ -97,6 +98,12 @@ def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
             "command_topic": topics.command("mute"), "state_topic": topics.mute_state,
             "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:microphone-off", "entity_category": "config",
             "qos": qos, **avail,
+        },
+        "microphone": {
+            "p": "binary_sensor", "name": "Microphone", "unique_id": _unique(topics, "microphone"),
+            "device_class": "problem", "state_topic": topics.hearing, "value_template": "{{ value_json.problem }}",
+            "json_attributes_topic": topics.hearing, "payload_on": "ON", "payload_off": "OFF",
+            "entity_category": "diagnostic", "qos": qos, **avail,
         },
         "level": {
             "p": "sensor", "name": "Sound level", "unique_id": _unique(topics, "level"),

@@ -36,6 +36,15 @@ class OutboxError(Exception):
     """The outbox file cannot be opened or written; the message says which file and what to do."""
 
 
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file itself is broken (not a database, malformed), not its place."""
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    if name:
+        return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
+
+
 @dataclass(frozen=True)
 class Row:
     """One waiting message."""
@@ -55,7 +64,12 @@ class Outbox:
         self.dropped = 0  # rows dropped because the outbox was full (each one logged)
         self._lock = threading.Lock()
         self._db = self._open(fsync)
-        self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        try:
+            self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._last_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise OutboxError(f"cannot read the outbox {self.path}: {exc}; check state_dir") from None
         if self._depth:
             log.info("outbox %s holds %d event(s) from before; they are sent first", self.path, self._depth)
 
@@ -69,20 +83,30 @@ class Outbox:
         try:
             return self._connect(fsync)
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
-                raise OutboxError(f"cannot open the outbox {self.path}: {exc}; check that state_dir is writable") from None
-            # A damaged file must not stop the monitor from raising alarms: set it aside, start afresh.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            for suffix in ("", "-wal", "-shm"):
-                part = Path(f"{self.path}{suffix}")
-                if part.exists():
-                    part.rename(Path(f"{aside}{suffix}"))
+            if not _is_damage(exc):
+                # a full disk or a read-only file system is not damage: moving the file aside would
+                # only hide the events in it
+                raise OutboxError(f"cannot open the outbox {self.path}: {exc}; check that state_dir is writable and not full") from None
+            aside = self._move_aside(exc)
             log.error("outbox %s is damaged (%s); moved it to %s and started an empty one (recover events from it with sqlite3 if needed)",
                       self.path, exc, aside)
             try:
                 return self._connect(fsync)
             except sqlite3.DatabaseError as exc2:
                 raise OutboxError(f"cannot create the outbox {self.path}: {exc2}; check state_dir") from None
+
+    def _move_aside(self, damage: sqlite3.DatabaseError) -> Path:
+        """Rename a damaged file (and its -wal/-shm) so a fresh outbox can start; OutboxError if it cannot."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{self.path}{suffix}")
+                if part.exists():
+                    part.rename(Path(f"{aside}{suffix}"))
+        except OSError as exc:
+            raise OutboxError(f"the outbox {self.path} is damaged ({damage}) and cannot be moved aside ({exc.strerror}); "
+                              "check that state_dir is writable") from None
+        return aside
 
     def _connect(self, fsync: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=10)
@@ -105,6 +129,11 @@ class Outbox:
         """Messages waiting (sent or not) for the broker's acknowledgement."""
         return self._depth
 
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence number of any row stored (0: none): later rows get higher ones."""
+        return self._last_seq
+
     def add(self, topic: str, payload: bytes, ident: str | None = None, clip: str | None = None) -> int:
         """Store a message durably; return its sequence number. Drops (and logs) the oldest when full."""
         with self._lock:
@@ -120,7 +149,8 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot write to the outbox {self.path}: {exc}; check free space in state_dir") from None
             self._depth += 1
-            return int(cur.lastrowid)
+            self._last_seq = int(cur.lastrowid)
+            return self._last_seq
 
     def _drop_oldest(self, count: int) -> None:
         oldest = self._db.execute("SELECT seq, topic, ident FROM outbox ORDER BY seq LIMIT ?", (count,)).fetchall()
@@ -132,11 +162,14 @@ class Outbox:
                       "the broker has been unreachable for long, check it", self.max_rows, old_id, old_topic)
 
     def after(self, seq: int, limit: int) -> list[Row]:
-        """Up to `limit` rows with a sequence number above `seq`, oldest first."""
+        """Up to `limit` rows with a sequence number above `seq`, oldest first; OutboxError if unreadable."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, topic, payload, ident FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT seq, topic, payload, ident FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read the outbox {self.path}: {exc}") from None
         return [Row(int(s), t, bytes(p), i) for s, t, p, i in rows]
 
     def clips(self) -> set[str]:

@@ -14,6 +14,18 @@ Delivery model (why it is built this way):
   by paho is always followed by the current one.
 - Scores and levels are low value: QoS 0, rate limited, and dropped (counted) while the broker is
   away or a backlog of events is draining.
+- An alarm sent without the outbox beats no alarm: when the outbox cannot store an event (disk
+  full, read-only file system, a damaged file that cannot be moved aside, or it cannot even be
+  opened at start), the event is sent from memory ("directly"): at most once, after the events
+  stored before it, and never stored later. The condition is logged when it starts and ends and
+  shown in the status; every new event (and the worker every few seconds, while the outbox is
+  not open) tries the outbox again, and once it works events go through it again.
+- After every (re)connect, events wait until Home Assistant announces itself (its birth message
+  `{discovery prefix}/status` = `online`) or `birth_timeout` passes. A hub that subscribes with a
+  clean session (Home Assistant does) and reconnects a moment after the monitor would otherwise
+  miss the backlog: the broker keeps nothing for a subscriber that is not there yet. What paho
+  re-sent by itself on reconnecting is sent once more after the wait (same ids). Retained values
+  go at once: the broker keeps those for late subscribers.
 
 paho calls back on its own thread while holding its own locks; the callbacks here only append to
 a deque and wake the worker, so no lock of ours is ever taken inside paho's.
@@ -23,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -32,7 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 
@@ -40,7 +53,7 @@ from monitor import __version__
 from monitor.events import Event
 from monitor.publish.client import describe_connect_error, describe_refusal, make_client
 from monitor.publish.discovery import SENSOR_TEXT_MAX, ComponentMemory, EntitySpec, build_payload
-from monitor.publish.outbox import Outbox, OutboxError
+from monitor.publish.outbox import Outbox, OutboxError, Row
 from monitor.publish.settings import MqttSettings
 from monitor.publish.topics import Topics
 
@@ -61,6 +74,31 @@ _paho_log.addFilter(_QuietReconnects())
 
 _RELOAD_WORDS = {"", "PRESS", "RELOAD", "ON", "1", "TRUE"}
 _MAX_COMMAND_BYTES = 64
+_REOPEN_EVERY = 5.0  # seconds between the worker's attempts to open an outbox that could not be opened
+
+Route = Literal["outbox", "direct"]
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """An event the outbox could not store, waiting in memory for its turn."""
+
+    after_seq: int  # the highest outbox number when it arrived: rows up to it are older and go first
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What a paho message id stands for until the broker acknowledges it."""
+
+    kind: Literal["retained", "row", "direct", "replay"]  # replay: a copy sent again after the hold
+    seq: int | None = None  # the outbox row of a "row"
+    topic: str = ""  # events keep topic and payload, to be sent again after a reconnect
+    payload: bytes = b""
+
+
+_RETAINED = _Sent("retained")
 
 
 @dataclass(frozen=True)
@@ -74,6 +112,7 @@ class PublisherStats:
     connects: int  # successful connections
     connect_failures: int  # failed attempts (unreachable, refused, TLS)
     ignored_commands: int  # malformed or unknown inbound commands
+    direct_events: int  # events published directly because the outbox could not store them
 
 
 class Publisher:
@@ -89,10 +128,21 @@ class Publisher:
         self.on_command = on_command
         self.client_id = settings.client_id or f"audio-monitor-{node_id}"
         self._client = make_client(settings, self.client_id, self.topics.status)
-        self._outbox = Outbox(self.state_dir / "outbox.sqlite3", settings.outbox.max_events, settings.outbox.fsync)
+        self._outbox: Outbox | None = None  # None while it cannot be opened (events go directly)
+        self._outbox_lock = threading.Lock()  # one attempt to open it at a time; closing
+        self._outbox_problem: str | None = None  # why events cannot be stored now; None while they can
+        self._problem_lock = threading.Lock()
+        self._last_open_try = 0.0
+        self._last_stored = 0  # the highest outbox number so far: the place of a direct event among rows
+        self._closed = False
+        self._last_status: dict[str, Any] | None = None  # sent again with the new condition when it changes
         self._components = ComponentMemory(self.state_dir / "discovery.json")
 
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()  # paho/daemon -> worker
+        self._direct: collections.deque[_Direct] = collections.deque()  # daemon -> worker
+        self._direct_queued = 0  # events sent directly so far (written by the daemon's thread)
+        self._direct_done = 0  # of those, acknowledged or given up (written by the worker)
+        self._flushing = False  # stop() is sending what it can: nothing is held back any more
         self._wake = threading.Event()
         self._drained = threading.Condition()
         self._cache_lock = threading.Lock()
@@ -102,10 +152,13 @@ class Publisher:
         self._started = False
 
         # owned by the worker thread
-        self._inflight: dict[int, int | None] = {}  # paho mid -> outbox seq (None: a retained value)
+        self._inflight: dict[int, _Sent] = {}  # paho mid -> what it carries
         self._inflight_events = 0
         self._last_handed = 0
         self._await_gate = False
+        self._hold_until: float | None = None  # events wait for Home Assistant until then (monotonic)
+        self._replay: collections.deque[_Sent] = collections.deque()  # paho's re-sends, to send again after the hold
+        self._unreadable = False  # the worker could not read the outbox: store nothing new in it
 
         # read anywhere, written by the worker / paho callbacks
         self._connected = False
@@ -128,6 +181,7 @@ class Publisher:
         c.on_message = self._on_message
         c.enable_logger(_paho_log)
         self._retained[self.topics.mute_state] = b"OFF"
+        self._open_outbox()  # when it cannot be opened the publisher still starts, publishing directly
 
     # ------------------------------------------------------------------ public API
 
@@ -138,13 +192,30 @@ class Publisher:
 
     @property
     def outbox_depth(self) -> int:
-        """Events waiting for the broker's acknowledgement (sent or not)."""
-        return self._outbox.depth
+        """Events in the outbox waiting for the broker's acknowledgement (sent or not)."""
+        box = self._outbox
+        return box.depth if box is not None else 0
+
+    @property
+    def direct_waiting(self) -> int:
+        """Events published directly (not stored) that the broker has not acknowledged yet."""
+        return self._direct_queued - self._direct_done
+
+    @property
+    def outbox_ok(self) -> bool:
+        """False while the outbox cannot store events (they are published directly meanwhile)."""
+        return self._outbox_problem is None
+
+    @property
+    def outbox_problem(self) -> str | None:
+        """Why the outbox cannot store events now (None while it can)."""
+        return self._outbox_problem
 
     @property
     def stats(self) -> PublisherStats:
-        return PublisherStats(self._published, self._dropped_low, self._rate_limited, self._outbox.dropped,
-                              self._connects, self._connect_failures, self._ignored_commands)
+        box = self._outbox
+        return PublisherStats(self._published, self._dropped_low, self._rate_limited, box.dropped if box is not None else 0,
+                              self._connects, self._connect_failures, self._ignored_commands, self._direct_queued)
 
     def start(self) -> None:
         """Connect in the background (retrying with capped backoff) and start sending."""
@@ -167,11 +238,12 @@ class Publisher:
             return
         if not self._started:
             self._stopping = True
-            self._outbox.close()
+            self._close_outbox()
             return
         deadline = time.monotonic() + timeout
+        self._flushing = True  # the worker ends any hold: what the broker takes now is better than nothing
         with self._drained:
-            while self._outbox.depth and self._connected and time.monotonic() < deadline:
+            while self._waiting() and self._connected and time.monotonic() < deadline:
                 self._wake.set()
                 self._drained.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         self._stopping = True
@@ -189,25 +261,41 @@ class Publisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected = self._ready = False
-        left = self._outbox.depth
-        self._outbox.close()
+        left, lost = self.outbox_depth, self.direct_waiting
+        self._close_outbox()
         if left:
             log.warning("mqtt: stopped with %d event(s) not yet acknowledged; they are kept in %s and sent at the next start",
-                        left, self._outbox.path)
-        else:
+                        left, self.state_dir / "outbox.sqlite3")
+        if lost:
+            log.error("mqtt: stopped with %d event(s) published directly (the outbox could not store them) and not "
+                      "acknowledged; they are lost", lost)
+        if not left and not lost:
             log.info("mqtt: stopped; outbox empty")
 
-    def publish_event(self, event: Event) -> None:
-        """Durably queue an event for {prefix}/{node}/{rule}/event (JSON, QoS 1, not retained)."""
+    def publish_event(self, event: Event) -> Route:
+        """Queue an event for {prefix}/{node}/{rule}/event (JSON, QoS 1, not retained); say how.
+
+        "outbox": it is stored durably. "direct": the outbox cannot store it (logged when that
+        starts, shown in the status), so it is sent from memory, after the events stored before
+        it: at most once, and lost if the process ends before the broker has it. Raises
+        OutboxError only after stop().
+        """
+        if self._closed:
+            raise OutboxError(f"the publisher is stopped; event {event.id} was not sent")
         topic = self.topics.rule_event(event.rule_id)
         payload = json.dumps(event.payload(self.node_id, __version__), ensure_ascii=False).encode()
-        self._outbox.add(topic, payload, event.id, event.clip)
+        route: Route = "outbox" if self._store(topic, payload, event) else "direct"
+        if route == "direct":
+            self._direct_queued += 1  # counted first: the worker may send and count its acknowledgement at once
+            self._direct.append(_Direct(self._last_stored, topic, payload))
         self._notify("event")
+        return route
 
     def pending_clips(self) -> set[str]:
         """Clip paths of events not yet acknowledged: clip retention must not delete them."""
+        box = self._outbox
         try:
-            return self._outbox.clips()
+            return box.clips() if box is not None else set()
         except OutboxError:
             return set()
 
@@ -223,14 +311,26 @@ class Publisher:
         """
         self._set_retained(self.topics.rule_text(rule_id), text[:SENSOR_TEXT_MAX].encode())
 
+    def set_hearing(self, ok: bool, reason: str | None = None, detail: str = "") -> None:
+        """Whether the monitor can hear, on {prefix}/{node}/hearing (retained; the Microphone problem sensor)."""
+        body = {"problem": "OFF" if ok else "ON", "reason": reason, "detail": detail or None}
+        self._set_retained(self.topics.hearing, json.dumps(body).encode())
+
     def set_muted(self, muted: bool) -> None:
         """The mute switch's state on {prefix}/{node}/mute, retained."""
         self._set_retained(self.topics.mute_state, b"ON" if muted else b"OFF")
 
     def publish_status(self, status: dict[str, Any]) -> None:
-        """Retained JSON health on {prefix}/{node}/info; the publisher adds its counters under `publisher`."""
+        """Retained JSON health on {prefix}/{node}/info; the publisher adds its counters under `publisher`.
+
+        Sent again by the publisher when the outbox stops or starts storing events, so a hub sees
+        that at once rather than at the next status.
+        """
+        self._last_status = status
+        problem = self._outbox_problem
         body = {"version": __version__, **status,
-                "publisher": {"outbox_depth": self.outbox_depth, **dataclasses.asdict(self.stats)}}
+                "publisher": {"outbox_depth": self.outbox_depth, "outbox_ok": problem is None, "outbox_problem": problem,
+                              "direct_waiting": self.direct_waiting, **dataclasses.asdict(self.stats)}}
         self._set_retained(self.topics.info, json.dumps(body, ensure_ascii=False, default=str).encode())
 
     def set_entities(self, entities: list[EntitySpec]) -> None:
@@ -261,6 +361,73 @@ class Publisher:
 
     # ------------------------------------------------------------------ daemon-side helpers
 
+    def _store(self, topic: str, payload: bytes, event: Event) -> bool:
+        """Write an event to the outbox; False (the problem noted) when it cannot."""
+        box = self._open_outbox()
+        if box is None or self._unreadable:
+            return False
+        try:
+            self._last_stored = box.add(topic, payload, event.id, event.clip)
+        except OutboxError as exc:
+            self._outbox_failed(str(exc))
+            return False
+        if self._outbox_problem is not None:
+            self._outbox_works(box)
+        return True
+
+    def _open_outbox(self) -> Outbox | None:
+        """The outbox; if it could not be opened before, try again now. None while it cannot be."""
+        box = self._outbox
+        if box is not None or self._closed:
+            return box
+        with self._outbox_lock:
+            if self._outbox is None and not self._closed:
+                self._last_open_try = time.monotonic()
+                try:
+                    box = Outbox(self.state_dir / "outbox.sqlite3", self.settings.outbox.max_events,
+                                 self.settings.outbox.fsync)
+                except OutboxError as exc:
+                    self._outbox_failed(str(exc))
+                    return None
+                self._last_stored = max(self._last_stored, box.last_seq)
+                self._outbox = box
+                self._notify("event")  # it may hold events from before
+            return self._outbox
+
+    def _close_outbox(self) -> None:
+        with self._outbox_lock:
+            self._closed = True
+            if self._outbox is not None:
+                self._outbox.close()
+
+    def _outbox_failed(self, reason: str) -> None:
+        """Events cannot be stored now: log it when that starts (not for every event), update the status."""
+        with self._problem_lock:
+            started = self._outbox_problem is None
+            self._outbox_problem = reason
+        if not started:
+            log.debug("outbox still cannot write: %s", reason)
+            return
+        log.error("outbox cannot write (%s); publishing directly: events still go out in order, but one is lost "
+                  "if the monitor stops before the broker has it", reason)
+        self._republish_status()
+
+    def _outbox_works(self, box: Outbox) -> None:
+        with self._problem_lock:
+            was = self._outbox_problem
+            self._outbox_problem = None
+        if was is not None:
+            log.info("outbox writable again (%s); events are stored before sending again", box.path)
+            self._republish_status()
+
+    def _republish_status(self) -> None:
+        if self._last_status is not None:
+            self.publish_status(self._last_status)
+
+    def _waiting(self) -> int:
+        """Events not acknowledged yet, stored or not."""
+        return self.outbox_depth + self.direct_waiting
+
     def _set_retained(self, topic: str, payload: bytes) -> None:
         with self._cache_lock:
             self._retained[topic] = payload
@@ -272,7 +439,7 @@ class Publisher:
         if last is not None and now - last < interval:
             self._rate_limited += 1
             return
-        if not self._ready or self._outbox.depth > self.settings.outbox.max_inflight:
+        if not self._ready or self._waiting() > self.settings.outbox.max_inflight:
             self._dropped_low += 1
             return
         self._last_low[topic] = now
@@ -292,8 +459,8 @@ class Publisher:
         self._connected = True
         self._connects += 1
         if self._last_problem is not None or self._failures_since_connect:
-            log.info("mqtt: connected to %s:%d (after %d failed attempt(s)); sending %d waiting event(s)",
-                     self.settings.host, self.settings.port, self._failures_since_connect, self._outbox.depth)
+            log.info("mqtt: connected to %s:%d (after %d failed attempt(s)); %d event(s) waiting",
+                     self.settings.host, self.settings.port, self._failures_since_connect, self._waiting())
         else:
             log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
         self._last_problem = None
@@ -370,7 +537,7 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(1.0)
+            self._wake.wait(self._wait_time())
             self._wake.clear()
             try:
                 self._step()
@@ -378,27 +545,34 @@ class Publisher:
                 log.exception("mqtt: outbox worker error (continuing)")
                 time.sleep(0.5)
 
+    def _wait_time(self) -> float:
+        """A second at most; less when held events are due sooner."""
+        until = self._hold_until
+        return 1.0 if until is None else min(1.0, max(0.01, until - time.monotonic()))
+
     def _step(self) -> None:
         acked: list[int] = []
+        events_acked = 0
         while True:
             try:
                 kind, arg = self._inbox.popleft()
             except IndexError:
                 break
             if kind == "ack":
-                if arg not in self._inflight:
+                sent = self._inflight.pop(arg, None)
+                if sent is None:
                     continue  # QoS 0 messages, or the stop-time `offline`
-                seq = self._inflight.pop(arg)
-                if seq is not None:
-                    acked.append(seq)
-                    self._inflight_events -= 1
+                if sent.kind != "retained":
+                    events_acked += 1
+                    self._acknowledged(sent, acked)
                 if self._await_gate:
                     self._await_gate = False
                     self._become_ready()
             elif kind == "connected":
                 # Whatever is in flight now will be re-sent by paho first; wait for the gate ack.
                 self._await_gate = True
-                self._send(self.topics.status, b"online", None)
+                self._hold_events()
+                self._send(self.topics.status, b"online", _RETAINED)
             elif kind == "disconnected":
                 self._await_gate = False
                 self._ready = False
@@ -406,17 +580,60 @@ class Publisher:
                 with self._cache_lock:
                     payload = self._retained.get(arg)
                 if payload is not None:
-                    self._send(arg, payload, None)
-            elif kind == "birth" and self._ready:
-                log.info("mqtt: Home Assistant came online; sending discovery and states again")
-                self._send_all_retained()
+                    self._send(arg, payload, _RETAINED)
+            elif kind == "birth":
+                self._release_held("Home Assistant is online")
+                if self._ready:
+                    log.info("mqtt: Home Assistant came online; sending discovery and states again")
+                    self._send_all_retained()
         if acked:
-            self._outbox.remove(acked)
-            self._published += len(acked)
+            box = self._outbox
+            if box is not None:
+                box.remove(acked)
+        if events_acked:
             with self._drained:
                 self._drained.notify_all()
-        if self._ready:
+        self._timers()
+        if self._ready and self._hold_until is None:
             self._pump()
+
+    def _acknowledged(self, sent: _Sent, rows: list[int]) -> None:
+        self._inflight_events -= 1
+        if sent.kind == "row" and sent.seq is not None:
+            rows.append(sent.seq)
+            self._published += 1
+        elif sent.kind == "direct":
+            self._direct_done += 1
+            self._published += 1
+
+    def _timers(self) -> None:
+        """Open an outbox that could not be opened (every few seconds); end the hold after a reconnect."""
+        now = time.monotonic()
+        if self._outbox is None and now - self._last_open_try >= _REOPEN_EVERY:
+            self._open_outbox()
+        if self._hold_until is None:
+            return
+        if self._flushing:
+            self._release_held("stopping")
+        elif now >= self._hold_until:
+            self._release_held(f"no birth message from Home Assistant within {self.settings.birth_timeout:g}s")
+
+    def _hold_events(self) -> None:
+        """After a (re)connect, keep events back until a hub can be listening again (see the module doc)."""
+        wait = self.settings.birth_timeout
+        if wait <= 0 or self._flushing:
+            return
+        # paho re-sends what was in flight the moment it reconnects, maybe before any hub is back:
+        # those go once more when the hold ends (the same ids; hubs drop duplicates)
+        self._replay.extend(s for s in self._inflight.values() if s.kind != "retained")
+        self._hold_until = time.monotonic() + wait
+
+    def _release_held(self, why: str) -> None:
+        if self._hold_until is None:
+            return
+        self._hold_until = None
+        waiting = self._waiting()
+        log.log(logging.INFO if waiting else logging.DEBUG, "mqtt: %s; sending %d waiting event(s)", why, waiting)
 
     def _become_ready(self) -> None:
         self._ready = self._connected
@@ -429,22 +646,59 @@ class Publisher:
         # discovery first, so Home Assistant has the entities before their states arrive
         items.sort(key=lambda kv: kv[0] != self.topics.discovery)
         for topic, payload in items:
-            self._send(topic, payload, None)
+            self._send(topic, payload, _RETAINED)
 
     def _pump(self) -> None:
+        """Hand events to paho in order, as many as the window has room for.
+
+        First the copies of what paho re-sent on reconnecting (older than anything waiting), then
+        outbox rows and direct events merged by age: a direct event goes after the rows stored
+        before it arrived.
+        """
         room = self.settings.outbox.max_inflight - self._inflight_events
+        while room > 0 and self._replay:
+            old = self._replay.popleft()
+            self._send(old.topic, old.payload, dataclasses.replace(old, kind="replay", seq=None))
+            room -= 1
         if room <= 0:
             return
-        for row in self._outbox.after(self._last_handed, room):
-            self._send(row.topic, row.payload, row.seq)
-            self._last_handed = row.seq
-            self._inflight_events += 1
+        # Count the direct events before reading rows: every row older than one of these was
+        # committed before it was queued, so it is among the rows read now (or handed already).
+        direct = list(itertools.islice(self._direct, room))
+        rows = collections.deque(self._unsent_rows(room))
+        for _ in range(room):
+            if direct and (not rows or direct[0].after_seq < rows[0].seq):
+                event = direct.pop(0)
+                self._direct.popleft()
+                self._send(event.topic, event.payload, _Sent("direct", None, event.topic, event.payload))
+            elif rows:
+                row = rows.popleft()
+                self._send(row.topic, row.payload, _Sent("row", row.seq, row.topic, row.payload))
+                self._last_handed = row.seq
+            else:
+                break
 
-    def _send(self, topic: str, payload: bytes, seq: int | None) -> None:
-        retain = seq is None
-        info = self._client.publish(topic, payload, qos=self.settings.qos, retain=retain)
+    def _unsent_rows(self, limit: int) -> list[Row]:
+        """Outbox rows not handed to paho yet; none while the outbox is not open or cannot be read."""
+        box = self._outbox
+        if box is None:
+            return []
+        try:
+            rows = box.after(self._last_handed, limit)
+        except OutboxError as exc:
+            # new events go directly meanwhile, so none is stored where it cannot be read back
+            self._unreadable = True
+            self._outbox_failed(str(exc))
+            return []
+        self._unreadable = False
+        return rows
+
+    def _send(self, topic: str, payload: bytes, sent: _Sent) -> None:
+        info = self._client.publish(topic, payload, qos=self.settings.qos, retain=sent.kind == "retained")
         # paho keeps the message (and re-sends it after a reconnect) even when not connected now
-        self._inflight[info.mid] = seq
+        self._inflight[info.mid] = sent
+        if sent.kind != "retained":
+            self._inflight_events += 1
 
 
 def _num(value: Any) -> Any:

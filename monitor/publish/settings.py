@@ -99,6 +99,14 @@ class MqttSettings(Section):
     reconnect_max: Duration = Field(15.0, gt=0, le=600)
     """... up to this."""
     discovery: DiscoverySettings = DiscoverySettings()
+    birth_timeout: Duration = Field(5.0, ge=0, le=600)
+    """After each (re)connect, events wait until Home Assistant says `online` on
+    `{discovery.prefix}/status` (its birth message), or this long for hubs that send none. A hub
+    that subscribes with a clean session, as Home Assistant does, and reconnects a moment after
+    the monitor would otherwise miss the events held during an outage: the broker keeps nothing
+    for a subscriber that is not connected. Retained states and discovery are sent at once.
+    0 sends events at once. Without discovery nothing listens for the birth message, so events
+    wait the whole time after each reconnect."""
     outbox: OutboxSettings = OutboxSettings()
     scores: RateSettings = Field(default_factory=_scores_default)
     """Every rule's latest score on {prefix}/{node}/scores, for tuning thresholds (off by default)."""

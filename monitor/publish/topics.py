@@ -64,6 +64,11 @@ class Topics:
         return f"{self.base}/mute"
 
     @property
+    def hearing(self) -> str:
+        """Retained JSON: can the microphone hear? `{"problem": "ON"|"OFF", "reason": ..., "detail": ...}`."""
+        return f"{self.base}/hearing"
+
+    @property
     def scores(self) -> str:
         return f"{self.base}/scores"
 

@@ -1,28 +1,39 @@
 """The pure rule engine: windows and the model's answers in, events out.
 
-No I/O, no threads, no clock: time is the end of the window being decided (`window.t_end`), so
-replaying a file gives the same events as hearing it live, and every knob is tested by feeding
-numbers. One thread owns an engine (the daemon's), calling `plan` -> model -> `update` per
-window and `swap` between windows.
+No I/O, no threads, no clock of its own. Two times come with each window: the audio's own
+clock (`window.audio_end`, seconds of audio since the source started: sample counts) measures
+hold and cooldown, so a wall-clock step (NTP, a person setting the time) can neither keep a rule
+ON for an hour nor end a hold at once; the wall clock (`window.t_end`) decides schedules and
+stamps events. Replaying a file gives the same events as hearing it live, and every knob is
+tested by feeding numbers. One thread owns an engine (the daemon's), calling `plan` -> model ->
+`update` per window and `swap` between windows.
 
-A yes_no rule's state machine, per window (t = window.t_end, v = score or lift):
+A yes_no rule's state machine, per window (a = window.audio_end, v = score or lift):
 
     outside schedule      -> not asked; streak = 0; an ON rule turns OFF at once (see below)
     gated out             -> not asked; counts as a miss (v below release)
     asked                 -> v; hit = v >= threshold; streak = streak + 1 if hit else 0
-    OFF and streak >= patience and t - last ON >= cooldown   -> ON
-    ON  and v >= release                                     -> stays ON, hold restarts at t
-    ON  and (miss or v < release) and t - last sustain >= hold -> OFF
+    OFF and streak >= patience and a - last ON >= cooldown   -> ON
+    ON  and v >= release                                     -> stays ON, hold restarts at a
+    ON  and (miss or v < release) and a - last sustain >= hold -> OFF (reason: released)
+
+Every OFF event says why (`reason`): released, schedule, rule_changed, and from the pipeline
+`muted` / `capture_lost` when the room can no longer hear (`deafen`).
 
 A rule is silent while outside its schedule, with one exception: a rule that is ON when its
 schedule ends is switched OFF by the first window past the end, so that no hub is left with an
 ON that nothing will ever clear. That OFF is the last event until the schedule starts again.
 A window whose result carries an error changes nothing.
+
+Reloads in flight: `plan` stamps each request with the rule-set generation it was planned under;
+an answer that comes back under a later generation is used only for rules whose question did not
+change since, so a changed question never consumes the old question's score.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING
@@ -44,10 +55,10 @@ log = logging.getLogger(__name__)
 class _YesNoState:
     on: bool = False
     streak: int = 0  # consecutive asked windows at or above threshold
-    last_sustain: float = 0.0  # t of the last window at or above release while ON
-    last_on: float | None = None  # t of the last ON event (cooldown)
+    last_sustain: float = 0.0  # audio time of the last window at or above release while ON
+    last_on: float | None = None  # audio time of the last ON event (cooldown)
     score: Score | None = None  # the latest answer
-    asked_at: float | None = None
+    asked_at: float | None = None  # wall time of the window the latest answer is about
     active: bool | None = None  # in schedule at the last window
 
 
@@ -61,7 +72,8 @@ class _TextState:
 
 @dataclass
 class _MatchState:
-    last_match: float | None = None
+    last_match: float | None = None  # wall time of the latest match
+    last_match_audio: float | None = None  # audio time of the latest match (cooldown)
     last_text: str | None = None
     active: bool | None = None
 
@@ -78,12 +90,14 @@ class RuleStatus:
     asked_at: float | None  # t of the window the latest answer is about
     active: bool | None  # in schedule at the latest window; None before the first
     streak: int = 0
-    last_on: float | None = None
+    last_on: float | None = None  # audio time (seconds since the source started) of the latest ON or match
     last_text: str | None = None  # text and match rules: the latest transcript (that matched)
 
 
 class RuleEngine:
     """Per-rule state machines over one RuleSet; see the module docstring for the semantics."""
+
+    KEEP_GENERATIONS = 16  # answers planned this many reloads ago are still matched to their questions
 
     def __init__(self, ruleset: RuleSet, tz: tzinfo | None = None):
         self.tz = tz
@@ -91,6 +105,9 @@ class RuleEngine:
         self._states: dict[str, _YesNoState | _TextState | _MatchState] = {}
         self._last_window: tuple[float, float] | None = None  # (t_start, t_end) of the latest update
         self._last_key: tuple[int, int, float] | None = None
+        self.generation = 0
+        """Counts `swap`s; stamped on every request so that an answer knows which rules asked it."""
+        self._questions: dict[int, dict[str, tuple[object, ...]]] = {0: _questions_of(ruleset)}
         self._init_states()
 
     @property
@@ -124,7 +141,7 @@ class RuleEngine:
                     if utt.end > state.last_end and utt.end > utt.start and _utterance_passes(rule, window, utt):
                         texts.append(TextTask(key=rule.id, prompt=rule.ask, start=utt.start, end=utt.end,
                                               max_new_tokens=rule.max_new_tokens))
-        return Request(window=window, questions=tuple(questions), texts=tuple(texts))
+        return Request(window=window, questions=tuple(questions), texts=tuple(texts), generation=self.generation)
 
     # ------------------------------------------------------------------ deciding
 
@@ -139,27 +156,38 @@ class RuleEngine:
             return []
         self._last_key = key
         self._last_window = (window.t_start, window.t_end)
+        asked_by = self._asked_by(result.generation)
         events: list[Event] = []
         for rule in self._ruleset.rules:
-            if isinstance(rule, YesNoRule) and rule.enabled:
+            if not rule.enabled or not asked_by(rule):
+                continue  # planned under rules that asked something else: not this rule's answer
+            if isinstance(rule, YesNoRule):
                 event = self._step(rule, window, result)
                 if event is not None:
                     events.append(event)
-            elif rule.enabled:
+            else:
                 self._states[rule.id].active = self.active(rule, window.t_end)
-        events.extend(self._transcripts(window, result))
+        events.extend(self._transcripts(window, result, asked_by))
         return events
+
+    def _asked_by(self, generation: int) -> Callable[[Rule], bool]:
+        """Whether an answer planned under `generation` belongs to a rule as it is now."""
+        if generation == self.generation:
+            return lambda rule: True
+        planned = self._questions.get(generation, {})
+        return lambda rule: planned.get(rule.id) == rule.question()
 
     def _step(self, rule: YesNoRule, window: Window, result: Result) -> Event | None:
         state = self._states[rule.id]
         assert isinstance(state, _YesNoState)
         t = window.t_end
+        a = window.audio_end
         state.active = self.active(rule, t)
         if not state.active:
             state.streak = 0
             if state.on:
                 state.on = False
-                return self._event(rule, "off", window, None)
+                return self._event(rule, "off", window, None, reason="schedule")
             return None
         score: Score | None = None
         if rule.gate.passes(window.dbfs, window.speech_ratio):
@@ -172,23 +200,24 @@ class RuleEngine:
         state.streak = state.streak + 1 if value is not None and value >= rule.threshold else 0
         if state.on:
             if value is not None and value >= rule.release:
-                state.last_sustain = t
-            elif t - state.last_sustain >= rule.hold:
+                state.last_sustain = a
+            elif a - state.last_sustain >= rule.hold:
                 state.on = False
-                return self._event(rule, "off", window, score)
+                return self._event(rule, "off", window, score, reason="released")
             return None
-        cooled = state.last_on is None or t - state.last_on >= rule.cooldown
+        cooled = state.last_on is None or a - state.last_on >= rule.cooldown
         if state.streak >= rule.patience and cooled:
-            state.on, state.last_on, state.last_sustain = True, t, t
+            state.on, state.last_on, state.last_sustain = True, a, a
             return self._event(rule, "on", window, score)
         return None
 
-    def _transcripts(self, window: Window, result: Result) -> list[Event]:
+    def _transcripts(self, window: Window, result: Result, asked_by: Callable[[Rule], bool]) -> list[Event]:
         events: list[Event] = []
         t = window.t_end
+        a = window.audio_end
         for item in sorted(result.texts, key=lambda x: (x.end, x.start)):
             rule = self._ruleset.get(item.key)
-            if not isinstance(rule, TextRule) or not self.active(rule, t):
+            if not isinstance(rule, TextRule) or not rule.enabled or not asked_by(rule) or not self.active(rule, t):
                 continue
             state = self._states[rule.id]
             assert isinstance(state, _TextState)
@@ -207,20 +236,42 @@ class RuleEngine:
                 if isinstance(derived, MatchRule) and derived.source == rule.id and self.active(derived, t):
                     mstate = self._states[derived.id]
                     assert isinstance(mstate, _MatchState)
-                    if mstate.last_match is not None and t - mstate.last_match < derived.cooldown:
+                    if mstate.last_match_audio is not None and a - mstate.last_match_audio < derived.cooldown:
                         continue
                     if derived.pattern.search(text):
-                        mstate.last_match, mstate.last_text = t, text
+                        mstate.last_match, mstate.last_match_audio, mstate.last_text = t, a, text
                         events.append(Event(rule_id=derived.id, rule_name=derived.name, kind="match", ts=t,
                                             window_start=start, window_end=end, text=text, source_rule=rule.id))
         return events
 
-    def _event(self, rule: Rule, kind: EventKind, window: Window | tuple[float, float], score: Score | None) -> Event:
+    def _event(self, rule: Rule, kind: EventKind, window: Window | tuple[float, float], score: Score | None,
+               reason: str | None = None, ts: float | None = None) -> Event:
         t_start, t_end = (window.t_start, window.t_end) if not isinstance(window, tuple) else window
-        log.debug("rule %s -> %s at %.3f", rule.id, kind, t_end)
-        return Event(rule_id=rule.id, rule_name=rule.name, kind=kind, ts=t_end,
+        log.debug("rule %s -> %s at %.3f%s", rule.id, kind, t_end, f" ({reason})" if reason else "")
+        return Event(rule_id=rule.id, rule_name=rule.name, kind=kind, ts=t_end if ts is None else ts,
                      window_start=t_start, window_end=t_end,
-                     score=None if score is None else score.score, lift=None if score is None else score.lift)
+                     score=None if score is None else score.score, lift=None if score is None else score.lift,
+                     reason=reason)
+
+    # ------------------------------------------------------------------ deafness
+
+    def deafen(self, reason: str, ts: float) -> list[Event]:
+        """The room can no longer hear (muted, capture lost): every ON rule turns OFF now, saying why.
+
+        Streaks restart, so patience counts afresh once hearing resumes; hold and cooldown are
+        left as they were (cooldown still spaces ON events across the gap). `ts` is the wall time
+        of the change; the events carry the latest window's times.
+        """
+        events: list[Event] = []
+        window = self._last_window or (ts, ts)
+        for rule in self._ruleset.rules:
+            state = self._states.get(rule.id)
+            if isinstance(state, _YesNoState):
+                state.streak = 0
+                if state.on and isinstance(rule, YesNoRule):
+                    state.on = False
+                    events.append(self._event(rule, "off", window, None, reason=reason, ts=ts))
+        return events
 
     # ------------------------------------------------------------------ reloading
 
@@ -245,11 +296,14 @@ class RuleEngine:
             if same:
                 kept[rule.id] = state
             elif isinstance(state, _YesNoState) and state.on and self._last_window is not None:
-                events.append(self._event(rule, "off", self._last_window, None))
                 why = "removed" if new is None else "disabled" if not new.enabled else "changed its question"
+                events.append(self._event(rule, "off", self._last_window, None, reason=f"rule_{why.split()[0]}"))
                 log.info("rule %s %s while ON: sent OFF", rule.id, why)
         self._ruleset = ruleset
         self._states = kept
+        self.generation += 1
+        self._questions[self.generation] = _questions_of(ruleset)
+        self._questions.pop(self.generation - self.KEEP_GENERATIONS, None)
         self._init_states()
         return events
 
@@ -295,10 +349,15 @@ class RuleEngine:
         if isinstance(state, _TextState):
             return RuleStatus(rule.id, rule.kind, False, None, None, state.last_at, state.active, last_text=state.last_text)
         return RuleStatus(rule.id, rule.kind, False, None, None, state.last_match, state.active,
-                          last_on=state.last_match, last_text=state.last_text)
+                          last_on=state.last_match_audio, last_text=state.last_text)
 
     def statuses(self) -> dict[str, RuleStatus]:
         return {rid: self.status(rid) for rid in self._states}
+
+
+def _questions_of(ruleset: RuleSet) -> dict[str, tuple[object, ...]]:
+    """rule id -> what it asks, for the enabled rules of a set."""
+    return {rule.id: rule.question() for rule in ruleset.rules if rule.enabled}
 
 
 def _utterance_passes(rule: TextRule, window: Window, utt: Utterance) -> bool:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,19 @@ def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
     config_args(p)
     p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: replay-<file stem> here)")
+    p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
+                   help="wall-clock time of the file's first sample, ISO-8601 (e.g. 2026-11-30T22:15:00, local time "
+                        "unless it names a zone); schedules are decided on it. Default: the file's modification time")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _start_time(text: str) -> float:
+    """ISO-8601 date and time -> epoch seconds; a time without a zone is local time."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time such as 2026-11-30T22:15:00, got {text!r}") from None
+    return moment.timestamp()  # naive: local time, as a schedule means it
 
 
 def _rate(text: str) -> float:
@@ -104,7 +117,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     scorelog = ScoreLog(out_dir / "scores.jsonl", mode="w")
     try:
-        run = replay_file(config, ruleset, scorelog=scorelog, progress=not args.quiet)
+        run = replay_file(config, ruleset, scorelog=scorelog, progress=not args.quiet, start_time=args.start)
     except ReplayError as exc:
         if not exc.logged:
             log.error("%s", exc)

@@ -132,16 +132,23 @@ class SharedEngine:
 
 
 def replay_file(config: Config, ruleset: RuleSet, *, engine_factory: Callable[..., Any] | None = None,
-                scorelog: ScoreLog | None = None, progress: bool = False) -> ReplayRun:
+                scorelog: ScoreLog | None = None, progress: bool = False, start_time: float | None = None) -> ReplayRun:
     """Run `config.audio.source` (a file, read in fast mode) through the pipeline; raise ReplayError.
 
     `config.audio` must name a file with `realtime: false`; the command line sets both.
+    `start_time` is the wall-clock time of the file's first sample (epoch seconds; default: the
+    file's modification time), so that schedules give the same events whenever the replay runs.
     """
     path = config.audio.file_path
     if path is None or config.audio.realtime:
         raise ValueError("replay needs audio.source: file:PATH and audio.realtime: false")
+    if start_time is None:
+        try:
+            start_time = path.stat().st_mtime
+        except OSError:
+            start_time = None  # the source reports the missing file in its own words
     try:
-        pipeline = Pipeline(config, ruleset, engine_factory=engine_factory)
+        pipeline = Pipeline(config, ruleset, engine_factory=engine_factory, start_time=start_time)
     except SourceError as exc:
         raise ReplayError(str(exc)) from None
     run = ReplayRun(path=path, duration=float(getattr(pipeline.source, "duration", 0.0)))

@@ -8,8 +8,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from monitor.events import Event
 
 
 class Recorder:
@@ -89,3 +92,23 @@ def first_occurrences(ids: list[str]) -> list[str]:
     """ids with repeats removed, keeping the first of each (what a hub that drops duplicates sees)."""
     seen: set[str] = set()
     return [i for i in ids if not (i in seen or seen.add(i))]
+
+
+def make_event(ident: str, rule: str = "fall", **kw: Any) -> Event:
+    """A yes/no event as the rule engine makes it, with a chosen id."""
+    now = time.time()
+    return Event(rule_id=rule, rule_name="Fall", kind=kw.pop("kind", "on"), ts=now, window_start=now - 8,
+                 window_end=now, score=kw.pop("score", 0.91), lift=kw.pop("lift", 0.42), id=ident, **kw)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def has_events(ids: list[str], topic: str) -> Callable[[list[tuple[str, bytes, bool]]], bool]:
+    """A Recorder.wait_until predicate: every event id in `ids` arrived on `topic`."""
+    return lambda msgs: set(ids) <= {json.loads(p)["id"] for t, p, _ in msgs if t == topic}

@@ -1,0 +1,119 @@
+"""Fail-safe 4: a reload in flight. An answer planned under the old rules never feeds a changed question.
+
+Windows are planned under one rule set and may be decided under the next. Each request carries the
+rule-set generation it was planned under; its answers are used only for rules whose question did not
+change since (tested with `patience: 1`, where one stolen score would fire the rule).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import yaml
+from test_rules_support import T0, answer, engine_for, ruleset_for, window
+
+from monitor.config import load_config
+from monitor.engine.api import Request, Result, Score, Transcript
+from monitor.pipeline import Pipeline
+from monitor.rules import load_rules
+from tests.daemon_support import write_config
+
+RATE = 16_000
+OLD_Q = "Is a dog barking in this recording? Answer yes or no."
+NEW_Q = "Is glass breaking in this recording? Answer yes or no."
+
+
+def rules(ask_a: str, ask_b: str = "Is a baby crying in this recording? Answer yes or no.", text: str = "What is said?") -> str:
+    return yaml.safe_dump({"rules": [
+        {"id": "a", "ask": ask_a, "threshold": 0.5, "patience": 1},
+        {"id": "b", "ask": ask_b, "threshold": 0.5, "patience": 1},
+        {"id": "words", "ask": text, "answer": "text"},
+        {"id": "help", "from": "words", "match": "help"},
+    ]})
+
+
+def test_an_answer_planned_before_a_reload_feeds_only_unchanged_questions(tmp_path: Path) -> None:
+    engine = engine_for(tmp_path, rules(OLD_Q))
+    win = window(T0, 0)
+    stale = answer(engine, win, 0.9)  # planned under generation 0: a and b asked, both 0.9
+    assert engine.plan(win).generation == 0
+    assert engine.swap(ruleset_for(tmp_path, rules(NEW_Q), "new.yaml")) == []
+    assert engine.generation == 1
+    events = engine.update(win, stale)
+    assert [(e.rule_id, e.kind) for e in events] == [("b", "on")]  # b asks the same: its score counts
+    assert not engine.is_on("a") and engine.status("a").score is None  # a's old score was never taken
+    # the next window, planned under the new rules, decides a as usual
+    win = window(T0 + 2, 1)
+    assert [(e.rule_id, e.kind) for e in engine.update(win, answer(engine, win, 0.9))] == [("a", "on")]
+
+
+def test_a_changed_text_question_drops_the_old_transcript(tmp_path: Path) -> None:
+    from monitor.windows import Utterance
+
+    engine = engine_for(tmp_path, rules(OLD_Q))
+    win = window(T0, 0, speech_ratio=1.0, utterances=(Utterance(int(1 * RATE), int(3 * RATE)),))
+    stale = answer(engine, win, 0.1, texts={"words": "help me"})
+    assert stale.texts
+    engine.swap(ruleset_for(tmp_path, rules(OLD_Q, text="Who is speaking?"), "new.yaml"))
+    assert engine.update(win, stale) == []  # no text event, no match fired from the old question's answer
+    same = engine_for(tmp_path, rules(OLD_Q))  # control: without the change, the same answer gives both
+    stale = answer(same, win, 0.1, texts={"words": "help me"})
+    same.swap(ruleset_for(tmp_path, rules(OLD_Q), "same.yaml"))
+    assert [(e.rule_id, e.kind) for e in same.update(win, stale)] == [("words", "text"), ("help", "match")]
+
+
+def test_many_reloads_later_an_answer_is_still_matched_to_its_questions(tmp_path: Path) -> None:
+    engine = engine_for(tmp_path, rules(OLD_Q))
+    win = window(T0, 0)
+    stale = answer(engine, win, 0.9)
+    for i in range(engine.KEEP_GENERATIONS + 3):  # older than the generations kept: nothing is taken
+        engine.swap(ruleset_for(tmp_path, rules(OLD_Q), f"r{i}.yaml"))
+    assert engine.update(win, stale) == []
+
+
+class PromptEngine:
+    """Answers yes (0.99) to the old question and no (0.01) to any other, after the test lets it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def calibrate(self, prompts: Any, seconds: Any = None) -> dict[str, float]:
+        return {p: 0.0 for p in prompts}
+
+    def run(self, request: Request) -> Result:
+        self.entered.set()
+        assert self.release.wait(30)
+        scores = {q.key: Score(0.99 if q.prompt == OLD_Q else 0.01, 0.0) for q in request.questions}
+        texts = [Transcript(t.key, "help", t.start, t.end) for t in request.texts]
+        return Result(request.window, scores, texts)
+
+
+def test_pipeline_reload_while_a_window_is_with_the_engine(tmp_path: Path) -> None:
+    recording = tmp_path / "tone.wav"
+    sf.write(recording, (np.random.default_rng(1).standard_normal(3 * RATE) * 0.1).astype(np.float32), RATE)
+    config = load_config(write_config(tmp_path, tmp_path, 1, source=f"file:{recording}", rules=rules(OLD_Q),
+                                      extra={"audio.realtime": False}))
+    fake = PromptEngine()
+    pipeline = Pipeline(config, load_rules(config.rules), engine_factory=lambda settings: fake)
+    assert pipeline.load_model(10) is None
+    pipeline.start_audio()
+    try:
+        assert fake.entered.wait(10)  # the first window is being answered under the old rules ...
+        pipeline.swap_rules(ruleset_for(tmp_path, rules(NEW_Q), "new.yaml"))  # ... when the rules change
+        fake.release.set()
+        result = pipeline.next_result(10)
+        assert result is not None and result.generation == 0 and result.scores["a"].score == 0.99
+        events = pipeline.process(result)
+        assert ("a", "on") not in [(e.rule_id, e.kind) for e in events]  # the old question's yes is not a's
+        assert not pipeline.rules.is_on("a")
+        while (later := pipeline.next_result(5)) is not None:  # the rest: queued before the swap, or asked anew
+            pipeline.process(later)
+        assert not pipeline.rules.is_on("a")
+    finally:
+        fake.release.set()
+        pipeline.stop()
