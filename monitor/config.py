@@ -20,6 +20,7 @@ from monitor.publish.settings import MqttSettings
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/audio-monitor/monitor.yaml"),)
 
@@ -28,7 +29,9 @@ class AudioSettings(Section):
     """Where sound comes from and how much of it is kept."""
 
     source: str = "mic"
-    """`mic` (a sound card via PortAudio) or `file:PATH` (WAV/FLAC/OGG, any rate and channels)."""
+    """`mic` (a sound card via PortAudio), `file:PATH` (any rate and channels: WAV/FLAC/OGG, and through
+    FFmpeg M4A/MP3/3GP/CAF...), or a camera or network stream: `rtsp://`, `rtsps://`, `http://`, `https://`
+    (its audio track; `${ENV}` keeps credentials out of the file, and they are never logged)."""
     device: int | str | None = None
     """Input device: an index or a substring of its name (see `audio-monitor devices`); null = system default."""
     sample_rate: int | None = Field(None, ge=8000, le=384_000)
@@ -56,12 +59,19 @@ class AudioSettings(Section):
             raw = value[5:]
             path = resolve_path(CliText(raw) if isinstance(value, CliText) else raw, info)
             return f"file:{path}"
-        raise ValueError("must be `mic` or `file:PATH`")
+        if value.lower().startswith(STREAM_SCHEMES) and len(value.split("://", 1)[1]) > 0:
+            return value
+        raise ValueError("must be `mic`, `file:PATH` or a stream URL (rtsp://, rtsps://, http://, https://)")
 
     @property
     def file_path(self) -> Path | None:
         """The file of a `file:` source, else None."""
         return Path(self.source[5:]) if self.source.startswith("file:") else None
+
+    @property
+    def stream_url(self) -> str | None:
+        """The URL of a camera or network stream source, else None (it may hold credentials: never log it)."""
+        return self.source if self.source.lower().startswith(STREAM_SCHEMES) else None
 
 
 class WindowSettings(Section):

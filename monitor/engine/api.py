@@ -2,12 +2,18 @@
 
 A `Request` carries a window and the questions to ask about it (the rule engine chose them:
 gates and schedules already applied). A `Result` carries the answers, or the error that
-stopped them, attached to the window it belongs to.
+stopped them, attached to the window it belongs to. Both carry the source (room) they belong
+to, so that one engine can answer the windows of several rooms together.
+
+A `Backend` is the only thing the engine thread calls: the local transformers engine, a model
+served elsewhere, or SALMONN, chosen by `model.backend` (see `monitor.engine.backends`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from monitor.windows import Window
 
@@ -37,6 +43,7 @@ class Request:
     questions: tuple[Question, ...] = ()
     texts: tuple[TextTask, ...] = ()
     generation: int = 0  # the rule set it was planned under (the rule engine counts reloads)
+    source: str = ""  # the source (room) whose window it is
 
 
 @dataclass(frozen=True)
@@ -66,3 +73,24 @@ class Result:
     error: str | None = None  # set when the window failed (OOM, ...); scores/texts then empty
     engine_ms: float = 0.0
     generation: int = 0  # copied from the request: which rules asked these questions
+    source: str = ""  # copied from the request: whose rules decide it
+
+
+class Backend(Protocol):
+    """A loaded model as the engine thread sees it: one owner, never shared between threads.
+
+    `answer` takes up to `max_batch` requests, possibly of different sources, and returns one
+    Result per request, in order. A failure that concerns one window is that Result's `error`;
+    an exception fails the whole batch (the worker then fails each of its windows alone).
+    """
+
+    name: str
+    max_batch: int
+
+    def calibrate(self, prompts: Sequence[str], seconds: float | None = None) -> dict[str, float]:
+        """Each prompt's score on `seconds` of silence (its baseline), computing only those not known yet."""
+        ...
+
+    def answer(self, requests: Sequence[Request]) -> list[Result]:
+        """Answer a batch of requests; one Result per request, in order."""
+        ...

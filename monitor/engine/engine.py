@@ -44,6 +44,7 @@ class Engine:
         self.model = model
         self.processor = processor
         self.settings = settings
+        self.max_batch = settings.max_batch
         self.placement = placement
         self.device = torch.device(placement.device)
         self.dtype = getattr(torch, placement.dtype)
@@ -249,6 +250,10 @@ class Engine:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
 
     # ------------------------------------------------------------------ one window
+
+    def answer(self, requests: Sequence[Request]) -> list[Result]:
+        """The `Backend` call: one Result per request, in order (each window fails alone)."""
+        return [self.run(request) for request in requests]
 
     def run(self, request: Request) -> Result:
         """Answer one request. Never raises for a failure of this window: it becomes `Result.error`."""

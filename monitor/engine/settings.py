@@ -14,6 +14,8 @@ DEFAULT_MODEL_ID = "Qwen/Qwen2-Audio-7B-Instruct"
 class ModelSettings(Section):
     """Which audio-language model answers the standing questions, and where it runs."""
 
+    backend: Literal["local"] = "local"
+    """How the model is run: `local` (transformers, in this process)."""
     id: str = DEFAULT_MODEL_ID
     """Hugging Face hub id (used from the local cache; fetched once when online)."""
     path: ConfigPath | None = None
@@ -32,3 +34,5 @@ class ModelSettings(Section):
     """Upper bound on the length of any text answer, whatever a rule asks for (tokens)."""
     cpu_threads: int | None = Field(None, ge=1, le=512)
     """Threads torch may use on the CPU; null = torch's default (all cores)."""
+    max_batch: int = Field(8, ge=1, le=256)
+    """Most windows (of any rooms) answered together in one forward pass."""

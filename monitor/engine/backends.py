@@ -1,0 +1,29 @@
+"""The registry of backends: `model.backend` names how the model runs, the engine thread never does.
+
+Each entry loads a `Backend` from the `model:` settings, importing its heavy parts (torch,
+transformers, an HTTP client) only then. A new way of running a model is one entry here; the
+worker, the pipeline and the daemon do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monitor.engine.api import Backend
+from monitor.engine.settings import ModelSettings
+
+Loader = Callable[[ModelSettings], Backend]
+
+
+def _local(settings: ModelSettings) -> Backend:
+    from monitor.engine.engine import Engine
+
+    return Engine.load(settings)
+
+
+BACKENDS: dict[str, Loader] = {"local": _local}
+
+
+def load_backend(settings: ModelSettings) -> Backend:
+    """The backend `settings.backend` names, loaded; raises ModelLoadError (one line) when it cannot be."""
+    return BACKENDS[settings.backend](settings)
