@@ -57,7 +57,12 @@ class AudioSource(Protocol):
 
 
 class FileSource:
-    """WAV/FLAC/OGG at any rate and channel count, in real time or as fast as it is consumed."""
+    """An audio file at any rate and channel count, in real time or as fast as it is consumed.
+
+    libsndfile reads WAV/FLAC/OGG (and MP3 where it is built with it); what it cannot open —
+    phone recordings: M4A/AAC, 3GP/AMR, CAF/ALAC — is decoded by FFmpeg (PyAV) through the same
+    interface, so replay and eval take the recordings users actually have.
+    """
 
     def __init__(self, path: str | Path, ring: RingBuffer, realtime: bool = True, block_seconds: float = 0.1,
                  start_time: float | None = None):
@@ -72,12 +77,14 @@ class FileSource:
         if not self.path.exists():
             raise SourceError(f"audio.source: file not found: {self.path}")
         if self.path.is_dir():
-            raise SourceError(f"audio.source: {self.path} is a folder; name a WAV, FLAC or OGG file")
+            raise SourceError(f"audio.source: {self.path} is a folder; name an audio file (WAV, FLAC, OGG, M4A, MP3, ...)")
+        self.decoder = "libsndfile"
+        """Which library reads the file: `libsndfile` or `ffmpeg`."""
         try:
-            self._file = soundfile.SoundFile(str(self.path))
-        except Exception as exc:  # libsndfile reports corrupt and unknown formats alike
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SourceError(f"audio.source: cannot decode {self.path} ({reason}); expected a WAV, FLAC or OGG file") from None
+            self._file: Any = soundfile.SoundFile(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - libsndfile reports corrupt and unknown formats alike: let FFmpeg try
+            self._file = self._open_with_ffmpeg(exc)
+            self.decoder = "ffmpeg"
         self.rate = self._file.samplerate
         self.channels = self._file.channels
         self.duration = self._file.frames / self.rate if self._file.frames > 0 else 0.0
@@ -89,6 +96,20 @@ class FileSource:
         self._thread: threading.Thread | None = None
         self._start_time = start_time
         self._t0 = start_time if start_time is not None else ring.clock()
+
+    def _open_with_ffmpeg(self, sndfile_error: Exception) -> Any:
+        from monitor.audio.decode import AvFile, DecodeError, ffmpeg_available
+
+        first = str(sndfile_error).splitlines()[0] if str(sndfile_error) else type(sndfile_error).__name__
+        reason = first.replace(f"Error opening {str(self.path)!r}: ", "")
+        if not ffmpeg_available():
+            raise SourceError(f"audio.source: cannot decode {self.path} ({reason}); WAV, FLAC and OGG work, "
+                              "other formats need FFmpeg: pip install av") from None
+        try:
+            return AvFile(self.path)
+        except DecodeError as exc:
+            raise SourceError(f"audio.source: cannot decode {self.path} (libsndfile: {reason}; FFmpeg: {exc}); "
+                              "expected an audio file (WAV, FLAC, OGG, M4A, MP3, 3GP, CAF, ...)") from None
 
     @property
     def finished(self) -> bool:
@@ -322,10 +343,15 @@ class MicSource:
         return ""
 
     def _fill_gap(self, seconds: float) -> None:
-        n = int(min(seconds, self.ring.capacity / self.ring.sample_rate) * self.ring.sample_rate)
-        if n > 0:
-            self.stats.lost_seconds += n / self.ring.sample_rate
-            self.ring.write_silence(n)
+        fill_gap(self.ring, self.stats, seconds)
+
+
+def fill_gap(ring: RingBuffer, stats: CaptureStats, seconds: float) -> None:
+    """Write `seconds` of silence for audio a capture lost (at most a ring's worth), so indices keep tracking time."""
+    n = int(min(seconds, ring.capacity / ring.sample_rate) * ring.sample_rate)
+    if n > 0:
+        stats.lost_seconds += n / ring.sample_rate
+        ring.write_silence(n)
 
 
 def _close_quietly(stream: Any, timeout: float = 2.0) -> None:
@@ -349,9 +375,17 @@ def _close_quietly(stream: Any, timeout: float = 2.0) -> None:
 
 
 def make_source(audio: Any, ring: RingBuffer, start_time: float | None = None) -> AudioSource:
-    """The source named by an `audio:` config section (`start_time`: a file's first sample, epoch seconds)."""
+    """The source named by an `audio:` config section (`start_time`: a file's first sample, epoch seconds).
+
+    A stream URL gives a `StreamSource`; it is opened in its own thread, so an unreachable
+    camera is retried there rather than failing here."""
     if audio.file_path is not None:
         return FileSource(audio.file_path, ring, realtime=audio.realtime, block_seconds=max(audio.block, 0.1),
                           start_time=start_time)
+    if audio.stream_url is not None:
+        # here, not at the top: stream.py builds on this module's CaptureStats and SourceError
+        from monitor.audio.stream import StreamSource
+
+        return StreamSource(audio.stream_url, ring)
     return MicSource(ring, device=audio.device, sample_rate=audio.sample_rate, channels=audio.channels,
                      block_seconds=audio.block)

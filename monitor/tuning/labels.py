@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.yaml"
 NEGATIVES = "negatives"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".3gp", ".amr", ".caf", ".opus", ".webm")
 SCORED_KINDS = ("yes_no", "match")  # text rules have no detections to count
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -97,14 +97,23 @@ def load_dataset(folder: str | Path, ruleset: RuleSet) -> Dataset:
 
 
 def _duration(path: Path) -> tuple[float | None, str | None]:
+    """The recording's length, read by libsndfile or, for what phones record, through FFmpeg."""
     try:
         info = sf.info(str(path))
+        frames, rate = info.frames, info.samplerate
     except Exception as exc:  # noqa: BLE001 - libsndfile reports corrupt and unknown formats alike
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None, f"cannot decode ({reason}); expected a WAV, FLAC or OGG file"
-    if info.frames <= 0:
+        from monitor.audio.decode import AvFile, error_text  # noqa: PLC0415 (PyAV only when needed)
+
+        try:
+            decoded = AvFile(path)
+            frames, rate = decoded.frames, decoded.samplerate
+            decoded.close()
+        except Exception as exc2:  # noqa: BLE001 - corrupt and unknown formats alike
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None, f"cannot decode ({reason}; FFmpeg: {error_text(exc2)}); expected an audio recording"
+    if frames <= 0:
         return None, "the recording is empty"
-    return info.frames / info.samplerate, None
+    return frames / rate, None
 
 
 def _rule_problem(rule_id: str, ruleset: RuleSet) -> str | None:
