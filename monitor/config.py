@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
 from monitor.engine.settings import ModelSettings
@@ -121,6 +123,38 @@ class LogSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def _source_id(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,64}", value):
+        raise ValueError(f"a source id is 1-64 of a-z 0-9 _ (it names the room's MQTT topics, Home Assistant "
+                         f"device and metrics), got {value!r}")
+    return value
+
+
+SourceId = Annotated[str, AfterValidator(_source_id)]
+
+
+class SourceSettings(Section):
+    """One room: where its sound comes from and which rules listen to it."""
+
+    name: str | None = None
+    """Human name of the room (its Home Assistant device); defaults from the source id."""
+    audio: AudioSettings = AudioSettings()
+    """The same keys as the top-level `audio:` section."""
+    rules: ConfigPath | None = None
+    """A rule file or folder for this room; default: the top-level `rules`."""
+
+
+@dataclass(frozen=True)
+class Room:
+    """One source as the daemon runs it: its id names its topics, its Home Assistant device and its metric labels."""
+
+    id: str
+    name: str
+    audio: AudioSettings
+    rules: Path
+    loc: tuple[str, ...] = ()  # where its settings are in the config: () for the top-level `audio:`
+
+
 class Config(Section):
     """The whole daemon configuration."""
 
@@ -144,10 +178,29 @@ class Config(Section):
     """Append every window's level, speech ratio and scores to this JSONL file (for tuning), as replay writes."""
     stop_timeout: Duration = Field(10.0, gt=0, le=300)
     """On SIGTERM: how long to wait for the window in flight and for the broker to take the outbox."""
+    sources: dict[SourceId, SourceSettings] | None = None
+    """Several rooms in one daemon (instead of `audio:`): source id -> name, audio, rules."""
 
     @property
     def display_name(self) -> str:
-        return self.name or self.node_id.replace("_", " ").title()
+        return self.name or _title(self.node_id)
+
+    @property
+    def multi_room(self) -> bool:
+        """Whether rooms come from `sources:` (each with its own topics and device) rather than `audio:`."""
+        return self.sources is not None
+
+    @property
+    def rooms(self) -> list[Room]:
+        """Every source, in config order. The single `audio:` section is one room named by node_id."""
+        if self.sources is None:
+            return [Room(self.node_id, self.display_name, self.audio, self.rules)]
+        return [Room(sid, src.name or _title(sid), src.audio, src.rules or self.rules, ("sources", sid))
+                for sid, src in self.sources.items()]
+
+
+def _title(ident: str) -> str:
+    return ident.replace("_", " ").title()
 
 
 def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
@@ -164,9 +217,51 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     if w.hop > w.length:
         out.append((("windows", "hop"), f"must not exceed windows.length ({w.length:g}s): audio between windows would never be heard"))
     need = w.length + 2 * w.hop + config.clips.pre_roll
-    if config.audio.buffer_seconds < need:
-        out.append((("audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {config.audio.buffer_seconds:g}s"))
+    out.extend(_sources_problems(config))
+    for room in config.rooms:
+        if room.audio.buffer_seconds < need:
+            out.append(((*room.loc, "audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {room.audio.buffer_seconds:g}s"))
+        if room.loc and config.sources is not None and config.sources[room.id].rules is not None:
+            problem = _rules_problem(room.rules)
+            if problem:
+                out.append(((*room.loc, "rules"), problem))
     return out
+
+
+def _sources_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:
+    """`sources:` against `audio:`, the node id, and each other: two rooms on one device hear the same."""
+    if config.sources is None:
+        return []
+    out: list[tuple[tuple[str, ...], str]] = []
+    if not config.sources:
+        out.append((("sources",), "name at least one source (or remove `sources:` and use `audio:`)"))
+    if "audio" in config.model_fields_set:
+        out.append((("audio",), "give either `audio:` (one source) or `sources:` (several rooms), not both; "
+                                "move it under sources.<id>.audio"))
+    seen: dict[tuple[str, str], str] = {}
+    for room in config.rooms:
+        if room.id == config.node_id:
+            out.append(((*room.loc,), f"a source id must differ from node_id ({config.node_id!r}): that id names "
+                                      "the daemon itself"))
+        key, where, what = _device_of(room.audio)
+        if key in seen:
+            out.append(((*room.loc, "audio", where), f"{what} is also sources.{seen[key]}'s: two rooms cannot "
+                                                    f"share one device (sources.{seen[key]} and sources.{room.id})"))
+        else:
+            seen[key] = room.id
+    return out
+
+
+def _device_of(audio: AudioSettings) -> tuple[tuple[str, str], str, str]:
+    """(identity, the key that names it, how to name it in a message) of a room's sound source."""
+    if audio.file_path is not None:
+        return ("file", str(audio.file_path)), "source", f"the file {audio.file_path}"
+    if audio.stream_url is not None:
+        from monitor.audio.redact import redact_url  # noqa: PLC0415
+
+        return ("stream", audio.stream_url), "source", f"the stream {redact_url(audio.stream_url)}"
+    device = "default" if audio.device is None else str(audio.device)
+    return ("mic", device), "device", "the system default input" if audio.device is None else f"the input device {device!r}"
 
 
 def _rules_problem(path: Path) -> str | None:

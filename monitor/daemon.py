@@ -1,12 +1,12 @@
-"""The daemon: the listening pipeline wired to MQTT, metrics, clips, signals and systemd.
+"""The daemon: every room's listening path, one engine, MQTT, metrics, signals and systemd.
 
 Threads and what they own:
-    capture (PortAudio + pump)  the write end of the ring buffer
-    windows                     cutting windows, planning questions, submitting to the engine
-    engine                      the model
+    capture (per room)          the write end of that room's ring buffer
+    windows (per room)          cutting windows, planning questions, submitting to the engine
+    engine (one)                the model: answers the windows of all rooms in batches
     mqtt                        the MQTT client (inside the Publisher)
-    main (this module)          the rule engine's decisions, publishing, clips, reloads, signals,
-                                the systemd watchdog and status
+    main (this module)          every room's rule decisions, the sinks (publishing, metrics, clips,
+                                score log), reloads, mute, hearing, signals, the watchdog, status
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from monitor.audio.sources import AudioSource, SourceError, resolve_device
-from monitor.clips import ClipStore
 from monitor.config import Config
 from monitor.engine.api import Result
-from monitor.events import Event
+from monitor.engine.worker import EngineWorker
 from monitor.metrics import Metrics
-from monitor.pipeline import Pipeline
+from monitor.pipeline import yes_no_prompts
+from monitor.rooms import ActiveRoom
 from monitor.rules import RuleReloader, RuleSet, load_rules
 from monitor.scorelog import ScoreLog
+from monitor.sinks import MetricsSink, MqttSink, ScoreLogSink, Sink
 from monitor.systemd import Notifier
 from monitor.yamlsource import ValidationFailed
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 RELOAD_POLL = 2.0  # seconds between checks of the rule files
 STATUS_EVERY = 10.0  # seconds between STATUS= lines and MQTT status updates
 PRUNE_EVERY = 300.0  # seconds between clip retention passes
+FIRST_AUDIO_GRACE = 10.0  # a whole home is ready this long after start even if a room has no sound yet
 
 
 class StartupError(RuntimeError):
@@ -54,34 +56,43 @@ def entity_specs(ruleset: RuleSet) -> list[Any]:
 
 
 class Daemon:
-    """`audio-monitor run`: everything from the microphone to the broker, for as long as it runs."""
+    """`audio-monitor run`: everything from the microphones to the broker, for as long as it runs."""
 
     def __init__(self, config: Config, *, source: AudioSource | None = None,
                  engine_factory: Callable[..., Any] | None = None, notifier: Notifier | None = None):
+        """`source`: an audio source to use for the (first) room instead of the configured one (tests)."""
         self.config = config
         self._source = source
         self._engine_factory = engine_factory
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
         self.metrics_port: int | None = None
-        self.pipeline: Pipeline | None = None
+        self.rooms: dict[str, ActiveRoom] = {}
+        self.worker: EngineWorker | None = None
         self.publisher: Any = None
-        self.reloader: RuleReloader | None = None
-        self.clips: ClipStore | None = None
+        self.reloaders: dict[Path, RuleReloader] = {}  # one per distinct rules path, shared by the rooms naming it
         self.scorelog: ScoreLog | None = None
+        self.sinks: list[Sink] = []
         self.state_dir = Path(config.state_dir)
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._mute_request: bool | None = None
+        self._wake = threading.Event()  # a result arrived for some room
+        self._commands: list[tuple[str, str, str]] = []  # (name, value, target) from the MQTT thread
         self._interrupts = 0
         self._started = time.monotonic()
         self._last_status = 0.0
         self._last_reload_poll = time.monotonic()
         self._last_prune = 0.0
         self._last_watchdog = 0.0
+        self._batches_seen = 0
         self._processed_at_status = (0, time.monotonic())
-        self.ready = threading.Event()
         self._failed_at: set[tuple[str, str, int]] = set()  # where unexpected errors were logged in full (_survive)
+        self.ready = threading.Event()
+
+    @property
+    def pipeline(self) -> Any:
+        """The first room's pipeline (a one-microphone monitor has only this one)."""
+        return next(iter(self.rooms.values())).pipeline if self.rooms else None
 
     # ------------------------------------------------------------------ control from outside
 
@@ -91,12 +102,12 @@ class Daemon:
     def request_reload(self) -> None:
         self._reload.set()
 
-    def _on_command(self, name: str, value: str) -> None:
-        """From the MQTT thread: only set flags; the main loop acts."""
-        if name == "mute":
-            self._mute_request = value == "ON"
-        elif name == "reload":
+    def _on_command(self, name: str, value: str, target: str) -> None:
+        """From the MQTT thread: only queue; the main loop acts."""
+        if name == "reload":
             self._reload.set()
+        else:
+            self._commands.append((name, value, target))
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -115,15 +126,25 @@ class Daemon:
 
     # ------------------------------------------------------------------ startup
 
-    def _prepare(self) -> None:
-        cfg = self.config
-        try:
-            ruleset = load_rules(cfg.rules)
-        except ValidationFailed as exc:
-            for problem in exc.problems[1:]:
+    def _load_rulesets(self) -> dict[Path, RuleSet]:
+        """Every distinct rules path of the rooms, validated; one line per problem, then StartupError."""
+        rulesets: dict[Path, RuleSet] = {}
+        problems = []
+        for room in self.config.rooms:
+            if room.rules in rulesets:
+                continue
+            try:
+                rulesets[room.rules] = load_rules(room.rules)
+            except ValidationFailed as exc:
+                problems.extend(exc.problems)
+        if problems:
+            for problem in problems[1:]:
                 log.error("%s", problem)
-            raise StartupError(str(exc.problems[0]) + (f" (and {len(exc.problems) - 1} more problem(s) above)" if len(exc.problems) > 1 else "")) from None
-        self.reloader = RuleReloader(cfg.rules)
+            more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
+            raise StartupError(str(problems[0]) + more)
+        return rulesets
+
+    def _check_state_dir(self) -> None:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -143,43 +164,82 @@ class Daemon:
                 probe.unlink(missing_ok=True)
             except OSError:
                 pass
-        if self._source is None and cfg.audio.file_path is None and cfg.audio.device is not None:
-            try:  # a misnamed device is a config error at startup (later it is only retried)
+
+    def _check_devices(self) -> None:
+        """A misnamed input device is a config error at startup (later a missing one is only retried)."""
+        for i, room in enumerate(self.config.rooms):
+            audio = room.audio
+            if (i == 0 and self._source is not None) or audio.source != "mic" or audio.device is None:
+                continue
+            try:
                 import sounddevice as sd
 
-                resolve_device(cfg.audio.device, sd)
+                resolve_device(audio.device, sd)
             except OSError as exc:
                 raise StartupError(f"audio: cannot load PortAudio ({exc}); install libportaudio2") from None
             except SourceError as exc:
-                raise StartupError(str(exc)) from None
-        try:
-            self.pipeline = Pipeline(cfg, ruleset, source=self._source, engine_factory=self._engine_factory)
-        except SourceError as exc:
-            raise StartupError(str(exc)) from None
-        self.clips = ClipStore(self.state_dir / "clips", cfg.clips)
+                where = ".".join(room.loc)
+                raise StartupError(f"{where}.{exc}" if where else str(exc)) from None
+
+    def _prepare(self) -> None:
+        cfg = self.config
+        rulesets = self._load_rulesets()
+        self.reloaders = {path: RuleReloader(path) for path in rulesets}
+        self._check_state_dir()
+        self._check_devices()
+        prompts = sorted({p for rs in rulesets.values() for p in yes_no_prompts(rs)})
+        self.worker = EngineWorker(cfg.model, on_result=self._route, inbox_size=2, engine_factory=self._engine_factory,
+                                   calibrate=prompts, calibrate_seconds=cfg.windows.length)
         if cfg.scores_log is not None:
             self.scorelog = ScoreLog(cfg.scores_log)
-        self.pipeline.set_muted(self._load_mute())
+        everywhere = cfg.multi_room and self._load_mute(self.state_dir / "muted")
+        for i, room in enumerate(cfg.rooms):
+            try:
+                active = ActiveRoom(cfg, room, rulesets[room.rules], self.worker, self.state_dir, self.sinks,
+                                    self._survive, source=self._source if i == 0 else None)
+            except SourceError as exc:
+                where = ".".join(room.loc)
+                raise StartupError(f"{where}.{exc}" if where else str(exc)) from None
+            active.set_muted(own=self._load_mute(active.mute_file), everywhere=everywhere)
+            self.rooms[room.id] = active
 
     def _start_publisher(self) -> None:
         from monitor.publish import Publisher
 
-        self.publisher = Publisher(self.config.mqtt, self.config.node_id, self.config.display_name, self.state_dir,
-                                 on_command=self._on_command)
-        assert self.pipeline is not None
-        self.publisher.set_muted(self.pipeline.muted)
-        hearing = self.pipeline.hearing
-        self.publisher.set_hearing(hearing.ok, hearing.reason, hearing.detail)
-        self.metrics.capture_ok.labels(self.config.node_id).set(1 if hearing.ok else 0)
-        self.publisher.set_entities(entity_specs(self.pipeline.rules.ruleset))
-        for rule_id, on in self.pipeline.rules.on_states().items():
-            self.publisher.publish_state(rule_id, on)
+        cfg = self.config
+        rooms = [(r.id, r.name) for r in self.rooms.values()] if cfg.multi_room else None
+        self.publisher = Publisher(cfg.mqtt, cfg.node_id, cfg.display_name, self.state_dir,
+                                   on_command=self._on_command, rooms=rooms)
+        self.sinks[:] = [MqttSink(self.publisher), MetricsSink(self.metrics)]
+        if self.scorelog is not None:
+            self.sinks.append(ScoreLogSink(self.scorelog))
+        if cfg.multi_room:
+            self.publisher.node.set_muted(any(r.all_mute for r in self.rooms.values()))
+            self.publisher.node.set_entities([])  # the hub device: whole-home mute, reload
+        for room in self.rooms.values():
+            room.channel = self.publisher.room(room.id)
+            self._announce(room)
         self.publisher.start()
+
+    def _announce(self, room: ActiveRoom) -> None:
+        """The room's retained state: its mute switch, hearing, entities, rule states."""
+        channel = room.channel
+        channel.set_muted(room.own_mute)
+        hearing = room.hearing
+        channel.set_hearing(hearing.ok, hearing.reason, hearing.detail)
+        self.metrics.capture_ok.labels(room.id).set(1 if hearing.ok else 0)
+        self.metrics.muted.labels(room.id).set(1 if room.pipeline.muted else 0)
+        for counter in (self.metrics.windows, self.metrics.processed, self.metrics.failed, self.metrics.skipped,
+                        self.metrics.overflows):
+            counter.labels(room.id)  # every room's series exists from the start, at 0
+        channel.set_entities(entity_specs(room.pipeline.rules.ruleset))
+        for rule_id, on in room.pipeline.rules.on_states().items():
+            channel.publish_state(rule_id, on)
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or a finite source ends); the process exit code.
+        """Run until SIGTERM/SIGINT (or every finite source ends); the process exit code.
 
         Once the publisher runs, every way out goes through `_shutdown` (flush the outbox, say
         `offline`), also after an unexpected error, which is logged with its traceback.
@@ -190,7 +250,6 @@ class Daemon:
         except StartupError as exc:
             log.error("%s", exc)
             return 1
-        assert self.pipeline is not None
         cfg = self.config
         self._start_publisher()
         if cfg.metrics.enabled:
@@ -201,21 +260,7 @@ class Daemon:
                 log.error("metrics: cannot listen on %s:%d (%s); set metrics.port or metrics.enabled: false",
                           cfg.metrics.host, cfg.metrics.port, exc.strerror)
         try:
-            self.notifier.status("loading the model")
-            log.info("loading model %s", cfg.model.path or cfg.model.id)
-            error = self.pipeline.load_model()
-            if error is not None:  # the engine thread has logged the one line saying what to do
-                return 1
-            if self._stop.is_set():
-                return 0
-            self.pipeline.start_audio()
-            if not self._wait_first_audio():
-                return 0 if self._stop.is_set() else 1
-            self.notifier.ready(self._status_line())
-            self.ready.set()
-            log.info("listening: %d rule(s), windows of %gs every %gs", len(self.pipeline.rules.ruleset.rules),
-                     cfg.windows.length, cfg.windows.hop)
-            return self._loop()
+            return self._run_listening()
         except Exception:  # noqa: BLE001 - logged in full; exit non-zero so that the service restarts
             log.exception("unexpected error; stopping so that the service restarts")
             return 1
@@ -225,41 +270,84 @@ class Daemon:
             except Exception:  # noqa: BLE001 - the exit code must still reach the service manager
                 log.exception("error while stopping")
 
+    def _run_listening(self) -> int:
+        assert self.worker is not None
+        cfg = self.config
+        self.notifier.status("loading the model")
+        log.info("loading model %s", cfg.model.path or cfg.model.id)
+        self.worker.start()
+        if not self.worker.wait_ready():  # the engine thread has logged the one line saying what to do
+            return 1
+        if self._stop.is_set():
+            return 0
+        for room in self.rooms.values():
+            room.pipeline.start_audio()
+        if not self._wait_first_audio():
+            return 0 if self._stop.is_set() else 1
+        self.notifier.ready(self._status_line())
+        self.ready.set()
+        rules = sum(len(r.pipeline.rules.ruleset.rules) for r in self.rooms.values())
+        where = f" in {len(self.rooms)} rooms ({', '.join(self.rooms)})" if cfg.multi_room else ""
+        log.info("listening: %d rule(s)%s, windows of %gs every %gs", rules, where, cfg.windows.length, cfg.windows.hop)
+        return self._loop()
+
     def _wait_first_audio(self) -> bool:
-        assert self.pipeline is not None
-        stats = self.pipeline.source.stats
-        warned = False
+        """Until the room hears its first sample (a whole home: every room, or a grace period)."""
         started = time.monotonic()
-        while not stats.first_audio.wait(0.5):
+        warned = False
+        while True:
+            waiting = [r for r in self.rooms.values() if not r.pipeline.source.stats.first_audio.is_set()]
+            if not waiting:
+                return True
             if self._stop.is_set():
                 return False
-            if self.pipeline.source.finished:
+            empty = [r for r in waiting if r.pipeline.source.finished]
+            if empty and not self.config.multi_room:
                 log.error("audio.source: no audio at all in the file")
                 return False
-            if not warned and time.monotonic() - started > 10:
+            elapsed = time.monotonic() - started
+            if self.config.multi_room and elapsed > FIRST_AUDIO_GRACE:
+                log.warning("no audio yet from %s; listening to the others meanwhile",
+                            ", ".join(r.label for r in waiting))
+                return True
+            if not warned and elapsed > FIRST_AUDIO_GRACE:
+                stats = waiting[0].pipeline.source.stats
                 log.warning("no audio yet from the input device (%s); still waiting", stats.last_error or stats.state)
                 warned = True
+            self._wake.wait(0.5)
             self._tick()
-        return True
 
     def _loop(self) -> int:
-        pipeline = self.pipeline
-        assert pipeline is not None
         while not self._stop.is_set():
-            result = pipeline.next_result(timeout=0.25)
-            if result is not None:
-                self._handle(result)  # never raises
+            self._wake.wait(0.25)
+            self._wake.clear()
+            for room in self.rooms.values():
+                while (result := room.pipeline.next_result(timeout=0)) is not None:
+                    self._handle(room, result)
             try:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 - housekeeping must not end the listening
                 self._survive("housekeeping", exc)
-            if pipeline.finished:
-                log.info("end of %s: %d window(s) processed", self.config.audio.source, pipeline.stats.processed)
+            if all(r.pipeline.finished for r in self.rooms.values()):
+                for room in self.rooms.values():
+                    log.info("end of %s: %d window(s) processed", room.label if self.config.multi_room else
+                             room.room.audio.source, room.pipeline.stats.processed)
                 return 0
-            if pipeline.broken:
-                log.error("the window scheduler stopped unexpectedly; exiting so that the service restarts")
+            broken = [r for r in self.rooms.values() if r.pipeline.broken]
+            if broken:
+                log.error("the window scheduler of %s stopped unexpectedly; exiting so that the service restarts",
+                          ", ".join(r.id for r in broken))
                 return 1
         return 0
+
+    def _route(self, result: Result) -> None:
+        """From the engine thread: an answered window goes to its room's queue; the main loop wakes."""
+        room = self.rooms.get(result.source)
+        if room is None:
+            log.error("an answer for unknown source %r; dropped", result.source)
+            return
+        room.pipeline.deliver(result)
+        self._wake.set()
 
     def _survive(self, what: str, exc: BaseException) -> None:
         """Log an unexpected error met while handling `what`, and carry on.
@@ -280,229 +368,209 @@ class Daemon:
 
     # ------------------------------------------------------------------ per window
 
-    def _handle(self, result: Result) -> None:
-        """Decide, measure and publish one window; never raises (see _survive): the next window goes on."""
+    def _handle(self, room: ActiveRoom, result: Result) -> None:
+        """Engine figures, then the room decides and publishes; never raises."""
         try:
-            self._handle_window(result)
-        except Exception as exc:  # noqa: BLE001 - one bad window must not end the monitor
-            self._survive("a window", exc)
+            self._engine_figures(room)
+        except Exception as exc:  # noqa: BLE001 - a metric is not worth a window
+            self._survive("the engine metrics", exc)
+        room.handle(result)
 
-    def _handle_window(self, result: Result) -> None:
-        pipeline = self.pipeline
-        assert pipeline is not None
-        events = pipeline.process(result)
+    def _engine_figures(self, room: ActiveRoom) -> None:
         m = self.metrics
-        window = result.window
-        if result.error is None and (result.scores or result.texts):
-            m.engine_ms.observe(result.engine_ms)
-            m.rtf.set(result.engine_ms / 1000.0 / self.config.windows.hop)
-        m.lag.set(pipeline.stats.last_lag)
-        self._sync_totals()
-        m.level.set(window.dbfs)
-        for key, score in result.scores.items():
-            m.score.labels(key).set(score.score)
-            m.lift.labels(key).set(score.lift)
-        if self.scorelog is not None:
-            self.scorelog.write(result)
-        self._publish_events(events, result)
-        if self.publisher is not None:
-            self.publisher.publish_level(window.dbfs)
-            if result.scores:
-                self.publisher.publish_scores({k: {"score": round(s.score, 4), "lift": round(s.lift, 4)}
-                                               for k, s in result.scores.items()})
-
-    def _publish_events(self, events: list[Event], result: Result | None) -> None:
-        """Save clips and publish events, each on its own: an error in one is logged and the rest go on."""
-        for event in events:
-            try:
-                self._publish_event(event, result)
-            except Exception as exc:  # noqa: BLE001 - the other events (alarms) must still go out
-                self._survive(f"event {event.rule_id} {event.kind} id={event.id}", exc)
-
-    def _publish_event(self, event: Event, result: Result | None) -> None:
-        pipeline = self.pipeline
-        assert pipeline is not None
-        self.metrics.events.labels(event.rule_id, event.kind).inc()
-        rule = pipeline.rules.ruleset.get(event.rule_id)
-        kind = rule.kind if rule is not None else "yes_no"
-        if (result is not None and self.clips is not None and not pipeline.muted
-                and self.clips.wants(event, kind)):
-            try:
-                # the event's times are the window's, or for a transcript its utterance's, inside it
-                window = result.window
-                start = window.start + round((event.window_start - window.t_start) * window.sample_rate)
-                end = window.start + round((event.window_end - window.t_start) * window.sample_rate)
-                path = self.clips.save(event, pipeline.ring, start, end)
-                if path is not None:
-                    event = event.with_clip(str(path))
-            except Exception as exc:  # noqa: BLE001 - the alarm goes out without its evidence
-                self._survive(f"the clip of event {event.rule_id} {event.kind} id={event.id}", exc)
-        # logged once the event is safe (stored, or handed over directly): the log never claims more
-        route = self.publisher.publish_event(event) if self.publisher is not None else "none (no MQTT)"
-        log.info("event %s %s id=%s%s via=%s", event.rule_id, event.kind, event.id,
-                 f" score={event.score:.3f}" if event.score is not None else (f" text={event.text!r}" if event.text else ""),
-                 route)
-        if self.publisher is None:
-            return
-        if event.kind in ("on", "off"):
-            self.publisher.publish_state(event.rule_id, event.kind == "on")
-        elif event.kind == "text" and event.text is not None:
-            self.publisher.publish_text(event.rule_id, event.text)
+        self._sync_room(room)
+        worker = self.worker
+        if worker is not None and worker.stats.batches != self._batches_seen:
+            self._batches_seen = worker.stats.batches
+            m.engine_ms.observe(worker.stats.last_engine_ms)
+            m.batch.set(worker.stats.last_batch)
+            m.rtf.set(worker.stats.last_engine_ms / 1000.0 / self.config.windows.hop)
+        m.lag.labels(room.id).set(room.pipeline.stats.last_lag)
 
     # ------------------------------------------------------------------ housekeeping
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self._mute_request is not None:
-            self._set_muted(self._mute_request)
-            self._mute_request = None
-        self._check_hearing()
+        while self._commands:
+            self._command(*self._commands.pop(0))
+        for room in self.rooms.values():
+            self._check_hearing(room)
         if self._reload.is_set():
             self._reload.clear()
-            self._do_reload("reload requested")
+            self._do_reload("reload requested", list(self.reloaders))
         elif now - self._last_reload_poll >= RELOAD_POLL:
             self._last_reload_poll = now
-            if self.reloader is not None and self.reloader.changed():
-                self._do_reload("rule files changed")
+            changed = [path for path, reloader in self.reloaders.items() if reloader.changed()]
+            if changed:
+                self._do_reload("rule files changed", changed)
         self._watchdog(now)
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
             self._report_status()
-        if now - self._last_prune >= PRUNE_EVERY and self.clips is not None:
+        if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             keep = self.publisher.pending_clips() if self.publisher is not None else ()
-            self.clips.prune(keep)
+            for room in self.rooms.values():
+                room.clips.prune(keep)
 
     def _watchdog(self, now: float) -> None:
         """WATCHDOG=1 only while the engine loop makes progress: a hung model stops the heartbeat."""
         interval = self.notifier.watchdog_seconds
-        if not self.notifier.enabled or self.pipeline is None:
+        if not self.notifier.enabled or self.worker is None:
             return
         period = interval / 2 if interval else 1.0
         if now - self._last_watchdog < period:
             return
-        heartbeat = self.pipeline.worker.heartbeat
-        if now - heartbeat > period:
+        if now - self.worker.heartbeat > period:
             return  # the engine has not moved: let systemd notice
         self._last_watchdog = now
         self.notifier.watchdog()
 
-    def _do_reload(self, why: str) -> None:
-        if self.reloader is None or self.pipeline is None:
-            return
-        log.info("%s: reloading %s", why, self.reloader.path)
-        outcome = self.reloader.reload()
-        if outcome.ok and outcome.ruleset is not None:
-            events = self.pipeline.swap_rules(outcome.ruleset)
-            self._publish_events(events, None)
-            if self.publisher is not None:
-                self.publisher.set_entities(entity_specs(outcome.ruleset))
-                for rule_id, on in self.pipeline.rules.on_states().items():
-                    self.publisher.publish_state(rule_id, on)
+    def _do_reload(self, why: str, paths: list[Path]) -> None:
+        for path in paths:
+            reloader = self.reloaders[path]
+            log.info("%s: reloading %s", why, path)
+            outcome = reloader.reload()
+            if not outcome.ok or outcome.ruleset is None:
+                continue
+            for room in self.rooms.values():
+                if room.room.rules != path:
+                    continue
+                events = room.pipeline.swap_rules(outcome.ruleset)
+                room.publish(events, None)
+                if room.channel is not None:
+                    room.channel.set_entities(entity_specs(outcome.ruleset))
+                    for rule_id, on in room.pipeline.rules.on_states().items():
+                        room.channel.publish_state(rule_id, on)
         self._report_status()
+
+    # ------------------------------------------------------------------ mute and hearing
+
+    def _command(self, name: str, value: str, target: str) -> None:
+        """A mute switch from MQTT: a room's own, or (the node's, in a whole home) every room's."""
+        if name != "mute":
+            return
+        muted = value == "ON"
+        everywhere = self.config.multi_room and target == self.config.node_id
+        if everywhere:
+            self._save_mute(self.state_dir / "muted", muted)
+            if self.publisher is not None:
+                self.publisher.node.set_muted(muted)
+            log.info("all rooms muted" if muted else "whole-home mute off")
+            for room in self.rooms.values():
+                self._mute_room(room, everywhere=muted)
+        elif target in self.rooms:
+            room = self.rooms[target]
+            self._save_mute(room.mute_file, muted)
+            self._mute_room(room, own=muted)
 
     def _set_muted(self, muted: bool) -> None:
-        assert self.pipeline is not None
-        if muted == self.pipeline.muted:
-            if self.publisher is not None:
-                self.publisher.set_muted(muted)
-            return
-        self.pipeline.set_muted(muted)
-        self._save_mute(muted)
-        log.info("muted: no questions asked, no audio kept" if muted else "unmuted: listening again")
-        self.metrics.muted.set(1 if muted else 0)
-        if self.publisher is not None:
-            self.publisher.set_muted(muted)
-        self._check_hearing()
-        self._report_status()
+        """Mute or unmute the one room of a one-microphone monitor (tests, in-process callers)."""
+        self._command("mute", "ON" if muted else "OFF", next(iter(self.rooms)))
 
-    def _check_hearing(self) -> None:
-        """Notice a room that stopped (or started again) hearing: OFF events, the problem sensor, a log line."""
-        pipeline = self.pipeline
-        if pipeline is None:
-            return
-        changed, events = pipeline.check_hearing()
+    def _mute_room(self, room: ActiveRoom, own: bool | None = None, everywhere: bool | None = None) -> None:
+        changed = room.set_muted(own=own, everywhere=everywhere)
+        if room.channel is not None:
+            room.channel.set_muted(room.own_mute)
         if not changed:
             return
-        hearing = pipeline.hearing
-        if hearing.ok:
-            log.info("hearing again: windows are decided from now on")
-        elif hearing.reason == "muted":
-            log.info("cannot hear: muted; %d rule(s) that were ON turned OFF", len(events))
-        else:
-            log.error("cannot hear: capture lost (%s); %d rule(s) that were ON turned OFF, and the Microphone "
-                      "problem sensor is ON until audio comes back", hearing.detail, len(events))
-        self._publish_events(events, None)
-        self.metrics.capture_ok.labels(self.config.node_id).set(1 if hearing.ok else 0)
-        if self.publisher is not None:
-            self.publisher.set_hearing(hearing.ok, hearing.reason, hearing.detail)
+        muted = room.pipeline.muted
+        prefix = f"{room.id}: " if self.config.multi_room else ""
+        log.info("%s%s", prefix, "muted: no questions asked, no audio kept" if muted else "unmuted: listening again")
+        self.metrics.muted.labels(room.id).set(1 if muted else 0)
+        self._check_hearing(room)
         self._report_status()
 
-    def _load_mute(self) -> bool:
+    def _check_hearing(self, room: ActiveRoom) -> None:
+        """Notice a room that stopped (or started again) hearing: OFF events, the problem sensor, metrics."""
+        changed, events = room.check_hearing()
+        if not changed:
+            return
+        hearing = room.hearing
+        room.publish(events, None)
+        self.metrics.capture_ok.labels(room.id).set(1 if hearing.ok else 0)
+        if room.channel is not None:
+            room.channel.set_hearing(hearing.ok, hearing.reason, hearing.detail)
+        self._report_status()
+
+    def _load_mute(self, path: Path) -> bool:
         """Mute survives a restart: a privacy switch that forgets itself is no privacy switch."""
         try:
-            muted = (self.state_dir / "muted").read_text().strip() == "ON"
+            muted = path.read_text().strip() == "ON"
         except OSError:
             return False
         if muted:
-            log.info("starting muted (as left before the restart)")
-        self.metrics.muted.set(1 if muted else 0)
+            log.info("starting muted (as left before the restart)%s",
+                     "" if path.name == "muted" else f": {path.name.removeprefix('muted-')}")
         return muted
 
-    def _save_mute(self, muted: bool) -> None:
+    def _save_mute(self, path: Path, muted: bool) -> None:
         try:
-            (self.state_dir / "muted").write_text("ON\n" if muted else "OFF\n")
+            path.write_text("ON\n" if muted else "OFF\n")
         except OSError as exc:
-            log.warning("cannot remember the mute state in %s (%s)", self.state_dir, exc.strerror)
+            log.warning("cannot remember the mute state in %s (%s)", path, exc.strerror)
 
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        """The JSON-able status published retained on MQTT and summarised for systemd."""
-        p = self.pipeline
+        """The JSON-able status published retained on MQTT and summarised for systemd.
+
+        A one-microphone monitor reports its room's fields at the top level; a whole home has
+        them per room under `rooms`.
+        """
         now = time.monotonic()
+        processed_now = sum(r.pipeline.stats.processed for r in self.rooms.values())
         processed, since = self._processed_at_status
-        rate = ((p.stats.processed - processed) / (now - since)) if p is not None and now > since else 0.0
-        engine_ms = p.stats.last_engine_ms if p is not None else 0.0
-        hearing = p.hearing if p is not None else None
+        rate = (processed_now - processed) / (now - since) if now > since else 0.0
+        engine_ms = self.worker.stats.last_engine_ms if self.worker is not None else 0.0
+        rooms = {room_id: room.status() for room_id, room in self.rooms.items()}
         out: dict[str, Any] = {  # the publisher adds the version and its own counters
-            "state": "muted" if p is not None and p.muted else "listening" if hearing is None or hearing.ok else "deaf",
-            "hearing": hearing.label if hearing is not None else None,
-            "hearing_detail": hearing.detail if hearing is not None and not hearing.ok else None,
             "uptime_s": round(now - self._started, 1),
             "windows_per_s": round(rate, 3),
             "real_time_factor": round(engine_ms / 1000.0 / self.config.windows.hop, 3),
-            "lag_s": round(p.stats.last_lag, 2) if p is not None else None,
-            "windows": p.stats.windows if p is not None else 0,
-            "processed": p.stats.processed if p is not None else 0,
-            "skipped": p.skipped if p is not None else 0,
-            "failed": p.stats.failed if p is not None else 0,
-            "undecided": p.stats.undecided if p is not None else 0,
-            "capture": p.source.stats.state if p is not None else None,
-            "overflows": p.source.stats.overflows if p is not None else 0,
             "mqtt": "connected" if self.publisher is not None and self.publisher.connected else "disconnected",
             "outbox": self.publisher.outbox_depth if self.publisher is not None else 0,
-            "rules_reload": self.reloader.status() if self.reloader is not None else None,
+            "rules_reload": self._reload_status(),
         }
+        if not self.config.multi_room and rooms:
+            return {**next(iter(rooms.values())), **out}
+        deaf = [room_id for room_id, s in rooms.items() if s["hearing"] not in ("ok", "muted")]
+        out["state"] = "deaf" if deaf and len(deaf) == len(rooms) else "listening"
+        out["rooms"] = rooms
         return out
+
+    def _reload_status(self) -> Any:
+        """The latest reload of the one rules path, or of each path (keyed by path) when rooms differ."""
+        if len(self.reloaders) == 1:
+            return next(iter(self.reloaders.values())).status()
+        return {str(path): r.status() for path, r in self.reloaders.items()} or None
 
     def _status_line(self) -> str:
         s = self.status()
-        deaf = f"cannot hear ({s['hearing']}: {s['hearing_detail']}); " if s["hearing"] not in (None, "ok") else ""
-        return (f"{deaf}{s['state']}: {s['windows_per_s']:.2f} windows/s, RTF {s['real_time_factor']:.2f}, "
-                f"lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}, MQTT {s['mqtt']}, outbox {s['outbox']}")
+        common = (f"{s['windows_per_s']:.2f} windows/s, RTF {s['real_time_factor']:.2f}, MQTT {s['mqtt']}, "
+                  f"outbox {s['outbox']}")
+        if "rooms" not in s:
+            deaf = f"cannot hear ({s['hearing']}: {s['hearing_detail']}); " if s["hearing"] not in (None, "ok") else ""
+            return f"{deaf}{s['state']}: {common}, lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}"
+        rooms = s["rooms"]
+        cannot = [f"{rid} ({r['hearing']})" for rid, r in rooms.items() if r["hearing"] != "ok"]
+        deaf = f"cannot hear: {', '.join(cannot)}; " if cannot else ""
+        skipped = sum(r["skipped"] for r in rooms.values())
+        return f"{deaf}{len(rooms) - len(cannot)}/{len(rooms)} rooms listening: {common}, skipped {skipped}"
 
     def _sync_totals(self) -> None:
-        """Counters kept by the capture and window threads, carried into the metrics."""
-        p = self.pipeline
-        if p is None:
-            return
+        for room in self.rooms.values():
+            self._sync_room(room)
+
+    def _sync_room(self, room: ActiveRoom) -> None:
+        """Counters kept by the room's capture and window threads, carried into the metrics."""
         m = self.metrics
-        m.sync_total(m.windows, "windows", p.stats.windows)
-        m.sync_total(m.processed, "processed", p.stats.processed)
-        m.sync_total(m.failed, "failed", p.stats.failed)
-        m.sync_total(m.skipped, "skipped", p.skipped)
-        m.sync_total(m.overflows, "overflows", p.source.stats.overflows)
+        p = room.pipeline
+        m.sync_total(m.windows, room.id, p.stats.windows)
+        m.sync_total(m.processed, room.id, p.stats.processed)
+        m.sync_total(m.failed, room.id, p.stats.failed)
+        m.sync_total(m.skipped, room.id, p.skipped)
+        m.sync_total(m.overflows, room.id, p.source.stats.overflows)
 
     def _report_status(self) -> None:
         """Metrics, STATUS= and the MQTT status; never raises (it also runs on the way out)."""
@@ -512,8 +580,7 @@ class Daemon:
             self._survive("the status", exc)
 
     def _send_status(self) -> None:
-        p = self.pipeline
-        if p is None:
+        if not self.rooms:
             return
         m = self.metrics
         self._sync_totals()
@@ -522,7 +589,7 @@ class Daemon:
             m.outbox_ok.set(1 if self.publisher.outbox_ok else 0)
             m.mqtt.set(1 if self.publisher.connected else 0)
         status = self.status()
-        self._processed_at_status = (p.stats.processed, time.monotonic())
+        self._processed_at_status = (sum(r.pipeline.stats.processed for r in self.rooms.values()), time.monotonic())
         self.notifier.status(self._status_line())
         if self.publisher is not None:
             self.publisher.publish_status(status)
@@ -534,15 +601,20 @@ class Daemon:
         """Stop everything in order; a step that fails is logged and the next one still runs."""
         self.notifier.stopping()
         timeout = self.config.stop_timeout
-        pipeline, publisher, scorelog = self.pipeline, self.publisher, self.scorelog
+        publisher, scorelog, worker = self.publisher, self.scorelog, self.worker
         steps: list[tuple[str, Callable[[], None]]] = []
-        if pipeline is not None:
+        if self.rooms:
             def drain() -> None:
-                log.info("stopping: capture first, then the window in flight (at most %gs)", timeout)
+                log.info("stopping: capture first, then the windows in flight (at most %gs)", timeout)
+                for room in self.rooms.values():
+                    room.pipeline.stop_audio()
+                if worker is not None:
+                    worker.stop(timeout=timeout)
                 # answers that arrived while stopping are still decided and published
-                for result in pipeline.stop(timeout=timeout):
-                    self._handle(result)
-            steps.append(("the pipeline", drain))
+                for room in self.rooms.values():
+                    for result in room.pipeline.stop(timeout=timeout):
+                        self._handle(room, result)
+            steps.append(("the rooms", drain))
         if publisher is not None:
             steps += [("the status", self._report_status), ("the publisher", lambda: publisher.stop(timeout=timeout))]
         if scorelog is not None:

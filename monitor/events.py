@@ -31,11 +31,15 @@ class Event:
     text: str | None = None  # the answer of a text rule, or the transcript a match rule fired on
     clip: str | None = None  # path of the evidence clip, when one was saved
     source_rule: str | None = None  # for `match` events: the text rule whose answer matched
+    source: str = ""  # the room (source id) whose rule it is; names the topics it goes to
     reason: str | None = None  # for `off` events: released, schedule, rule_changed, rule_removed, rule_disabled, muted, capture_lost
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique; a hub drops duplicates by it
 
     def with_clip(self, path: str) -> Event:
         return dataclasses.replace(self, clip=path)
+
+    def for_source(self, source: str) -> Event:
+        return dataclasses.replace(self, source=source)
 
     def payload(self, node: str, version: str) -> dict[str, Any]:
         """The JSON body published on {prefix}/{node}/{rule}/event."""

@@ -15,35 +15,38 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.windows = Counter("audio_monitor_windows", "Windows cut from the audio", registry=r)
-        self.processed = Counter("audio_monitor_windows_processed", "Windows answered by the model and passed through the rules", registry=r)
-        self.skipped = Counter("audio_monitor_windows_skipped", "Windows never answered because the engine fell behind real time", registry=r)
-        self.failed = Counter("audio_monitor_windows_failed", "Windows whose model call failed (out of memory, ...)", registry=r)
-        self.engine_ms = Histogram("audio_monitor_engine_milliseconds", "Model time per window",
+        room = ["source"]  # the room (source id) a series is about
+        self.windows = Counter("audio_monitor_windows", "Windows cut from the audio", room, registry=r)
+        self.processed = Counter("audio_monitor_windows_processed", "Windows answered by the model and passed through the rules", room, registry=r)
+        self.skipped = Counter("audio_monitor_windows_skipped", "Windows never answered because the engine fell behind real time", room, registry=r)
+        self.failed = Counter("audio_monitor_windows_failed", "Windows whose model call failed (out of memory, ...)", room, registry=r)
+        self.engine_ms = Histogram("audio_monitor_engine_milliseconds", "Model time per batch of windows (of any rooms)",
                                    buckets=(5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000), registry=r)
-        self.rtf = Gauge("audio_monitor_real_time_factor", "Model time per window divided by the hop (above 1: falling behind)", registry=r)
-        self.lag = Gauge("audio_monitor_lag_seconds", "Seconds from the end of a window to its answer", registry=r)
-        self.overflows = Counter("audio_monitor_capture_overflows", "Capture overruns (audio lost before it reached the buffer)", registry=r)
-        self.level = Gauge("audio_monitor_level_dbfs", "RMS level of the latest window", registry=r)
-        self.score = Gauge("audio_monitor_rule_score", "Latest score of each yes/no rule", ["rule"], registry=r)
-        self.lift = Gauge("audio_monitor_rule_lift", "Latest score minus the score on silence", ["rule"], registry=r)
-        self.events = Counter("audio_monitor_events", "Events by rule and kind", ["rule", "kind"], registry=r)
+        self.batch = Gauge("audio_monitor_engine_batch", "Windows answered together in the latest batch", registry=r)
+        self.rtf = Gauge("audio_monitor_real_time_factor", "Model time per batch divided by the hop (above 1: falling behind)", registry=r)
+        self.lag = Gauge("audio_monitor_lag_seconds", "Seconds of audio captured since the end of the latest answered window", room, registry=r)
+        self.overflows = Counter("audio_monitor_capture_overflows", "Capture overruns (audio lost before it reached the buffer)", room, registry=r)
+        self.level = Gauge("audio_monitor_level_dbfs", "RMS level of the latest window", room, registry=r)
+        self.score = Gauge("audio_monitor_rule_score", "Latest score of each yes/no rule", ["source", "rule"], registry=r)
+        self.lift = Gauge("audio_monitor_rule_lift", "Latest score minus the score on silence", ["source", "rule"], registry=r)
+        self.events = Counter("audio_monitor_events", "Events by rule and kind", ["source", "rule", "kind"], registry=r)
         self.outbox = Gauge("audio_monitor_outbox_depth", "Messages waiting for the broker's acknowledgement", registry=r)
         self.outbox_ok = Gauge("audio_monitor_outbox_ok", "1 while the outbox can store events (0: they are published "
                                "directly, not kept across a restart)", registry=r)
         self.mqtt = Gauge("audio_monitor_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
-        self.muted = Gauge("audio_monitor_muted", "1 while muted (no questions asked, no audio saved)", registry=r)
+        self.muted = Gauge("audio_monitor_muted", "1 while muted (no questions asked, no audio saved)", room, registry=r)
         self.capture_ok = Gauge("audio_monitor_capture_ok", "1 while the source can hear (not muted, capture working, "
-                                "not only digital silence)", ["source"], registry=r)
+                                "not only digital silence)", room, registry=r)
         self._server: Any = None
         self._totals: dict[str, float] = {}
 
-    def sync_total(self, counter: Counter, name: str, total: float) -> None:
-        """Advance `counter` to a running total kept elsewhere (a thread that must not touch metrics)."""
-        delta = total - self._totals.get(name, 0.0)
+    def sync_total(self, counter: Counter, source: str, total: float) -> None:
+        """Advance a room's `counter` to a running total kept elsewhere (a thread that must not touch metrics)."""
+        key = f"{counter._name}/{source}"
+        delta = total - self._totals.get(key, 0.0)
         if delta > 0:
-            counter.inc(delta)
-            self._totals[name] = total
+            counter.labels(source).inc(delta)
+            self._totals[key] = total
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; the port it listens on (port 0 picks a free one)."""

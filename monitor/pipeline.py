@@ -18,6 +18,7 @@ written (the ring stores zeros), so nothing heard while muted reaches a window, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 
 from monitor.audio.ringbuffer import RingBuffer
 from monitor.audio.sources import AudioSource, make_source
-from monitor.config import MODEL_RATE, Config
+from monitor.config import MODEL_RATE, Config, Room
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
@@ -69,35 +70,49 @@ CAPTURE_STALL = 5.0  # seconds without a single new sample from a live capture: 
 
 
 class Pipeline:
-    """Owns the ring, the source, the scheduler thread, the engine thread and the rule engine."""
+    """One room's listening path: its ring, source, scheduler thread and rule engine.
 
-    def __init__(self, config: Config, ruleset: RuleSet, *, source: AudioSource | None = None,
-                 engine_factory: Callable[..., Any] | None = None, start_time: float | None = None):
-        """`start_time`: wall-clock time of a file source's first sample (replay); default: now."""
+    The engine thread is its own (replay, tests) or shared by every room of a daemon (`worker`):
+    then the daemon loads the model, and routes each result to `deliver` by its source.
+    """
+
+    def __init__(self, config: Config, ruleset: RuleSet, *, room: Room | None = None, source: AudioSource | None = None,
+                 engine_factory: Callable[..., Any] | None = None, start_time: float | None = None,
+                 worker: EngineWorker | None = None):
+        """`room`: which source (default: the config's first); `start_time`: wall-clock time of a file
+        source's first sample (replay; default: now); `worker`: a shared engine thread."""
         self.config = config
-        self.ring = source.ring if source is not None else RingBuffer(int(config.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
-        self.source = source if source is not None else make_source(config.audio, self.ring, start_time=start_time)
+        self.room = room or config.rooms[0]
+        self.id = self.room.id
+        self.audio = self.room.audio
+        self.ring = source.ring if source is not None else RingBuffer(int(self.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
+        self.source = source if source is not None else make_source(self.audio, self.ring, start_time=start_time)
         self.live = self.source.live
         self.scheduler = WindowScheduler(self.source, config.windows.length, config.windows.hop, config.vad.aggressiveness)
         self.rules = RuleEngine(ruleset)
         self.stats = PipelineStats()
         self.hearing = HEARING_OK
         self._hear_from = 0  # answers about windows that start earlier are not decided
+        self._lost_at = 0  # where hearing was last lost: earlier audio is still decided (not after a mute)
         self._seen_written, self._seen_at = 0, time.monotonic()  # when the ring last grew (stall check)
         self._rules_lock = threading.Lock()  # plan (scheduler thread) vs update/swap (caller)
-        self._results: queue.Queue[Result] = queue.Queue(maxsize=8)
+        # answered windows not taken yet; bounded by what the engine may hold for this room
+        self._results: queue.Queue[Result] = queue.Queue(maxsize=64)
         self._stop = threading.Event()
         self._scheduler_done = threading.Event()
-        self._thread = threading.Thread(target=self._schedule, name="windows", daemon=True)
-        self.worker = EngineWorker(
-            config.model, on_result=self._results.put, inbox_size=2, engine_factory=engine_factory,
-            calibrate=_yes_no_prompts(ruleset), calibrate_seconds=config.windows.length,
+        self._thread = threading.Thread(target=self._schedule, name=f"windows-{self.id}", daemon=True)
+        self._own_worker = worker is None
+        self.worker = worker or EngineWorker(
+            config.model, on_result=self.deliver, inbox_size=2, engine_factory=engine_factory,
+            calibrate=yes_no_prompts(ruleset), calibrate_seconds=config.windows.length,
         )
 
     # ------------------------------------------------------------------ lifecycle
 
     def load_model(self, timeout: float | None = None) -> str | None:
         """Start the engine thread and wait for the model; None, or the one-line reason it failed."""
+        if not self._own_worker:
+            raise RuntimeError("a shared engine thread is loaded by its owner")
         self.worker.start()
         if not self.worker.wait_ready(timeout):
             return self.worker.load_error or f"the model did not load within {timeout:g}s"
@@ -114,22 +129,31 @@ class Pipeline:
         Returns the answers that arrived but were not taken yet, in order: the caller still
         decides and publishes them.
         """
-        self._stop.set()
-        self.source.stop()
-        if self._thread.ident is not None:
-            self._thread.join(timeout=2)
-        self.worker.stop(timeout=timeout)
+        self.stop_audio()
+        if self._own_worker:
+            self.worker.stop(timeout=timeout)
         left = []
         while (result := self.next_result(timeout=0)) is not None:
             left.append(result)
         return left
+
+    def stop_audio(self) -> None:
+        """Stop capture and the windows thread (a shared engine thread is stopped by its owner)."""
+        self._stop.set()
+        self.source.stop()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=2)
+
+    def deliver(self, result: Result) -> None:
+        """From the engine thread: an answered window of this room, to be taken by `next_result`."""
+        self._results.put(result)
 
     @property
     def finished(self) -> bool:
         """A finite source has ended and every window it gave has been answered and taken."""
         # idle first: the worker queues a result before it turns idle, so after an idle check an
         # empty queue really is empty
-        return (self.source.finished and self._scheduler_done.is_set() and self.worker.wait_idle(0)
+        return (self.source.finished and self._scheduler_done.is_set() and self.worker.wait_idle(0, source=self.id)
                 and self._results.empty())
 
     @property
@@ -147,7 +171,7 @@ class Pipeline:
                     self.stats.unheard += 1  # muted (or cut just as the mute came), or a dead capture
                     continue
                 with self._rules_lock:
-                    request = self.rules.plan(window)
+                    request = dataclasses.replace(self.rules.plan(window), source=self.id, live=self.live)
                 # An empty request still goes through the engine, in order: gated windows are
                 # misses that let patience reset and hold expire.
                 while not self.worker.submit(request, drop_oldest=self.live, timeout=0.5):
@@ -169,8 +193,11 @@ class Pipeline:
     def process(self, result: Result) -> list[Event]:
         """Pass one engine result through the rules; the events it decided.
 
-        Not decided (no events): answers that arrive while the room cannot hear, and answers about
-        audio from before hearing resumed — they would turn rules ON again behind a mute.
+        Not decided (no events): answers that arrive while the room is muted, and answers about
+        audio from before hearing resumed — they would turn rules ON again behind a mute. An
+        answer about audio heard before the capture was lost *is* decided (it may be the smoke
+        alarm that came before the silence), and any rule it turns ON is turned OFF again at once
+        with the reason: the hub sees the alarm, and no state that nothing could clear.
         """
         self.stats.processed += 1
         self.stats.failed += result.error is not None
@@ -178,11 +205,15 @@ class Pipeline:
         window = result.window
         # on the audio's clock: how much has been captured since the window ended (a clock step cannot fake lag)
         self.stats.last_lag = max(0.0, (self.ring.written - window.end) / window.sample_rate) if self.live else 0.0
-        if not self.hearing.ok or window.start < self._hear_from:
+        lost = not self.hearing.ok
+        if (lost and (self.hearing.reason == "muted" or window.end > self._lost_at)) or window.start < self._hear_from:
             self.stats.undecided += 1
             return []
         with self._rules_lock:
-            return self.rules.update(window, result)
+            events = self.rules.update(window, result)
+            if lost:
+                events += self.rules.deafen(str(self.hearing.reason), time.time())
+        return [e.for_source(self.id) for e in events]
 
     # ------------------------------------------------------------------ hearing
 
@@ -211,7 +242,7 @@ class Pipeline:
             self._seen_written, self._seen_at = self.ring.written, now
         elif stats.first_audio.is_set() and now - self._seen_at > CAPTURE_STALL:
             return Hearing(False, "capture_lost", f"no audio at all for {now - self._seen_at:.0f}s")
-        limit = self.config.audio.silence_timeout
+        limit = self.audio.silence_timeout
         silent = self.ring.silent_samples / self.ring.sample_rate
         if limit and stats.first_audio.is_set() and silent >= limit:
             return Hearing(False, "capture_lost", f"only digital silence (all-zero samples) for {silent:.0f}s")
@@ -230,8 +261,10 @@ class Pipeline:
         self.hearing = hearing
         events: list[Event] = []
         if not hearing.ok and (was.ok or was.reason != hearing.reason):
+            if was.ok:
+                self._lost_at = self.ring.written  # answers about audio before this are still decided
             with self._rules_lock:
-                events = self.rules.deafen(str(hearing.reason), time.time() if now is None else now)
+                events = [e.for_source(self.id) for e in self.rules.deafen(str(hearing.reason), time.time() if now is None else now)]
         if hearing.ok:
             # after a mute the scheduler already starts windows where it ended; after a lost
             # capture, windows from before this moment hold the outage
@@ -241,16 +274,16 @@ class Pipeline:
     def swap_rules(self, ruleset: RuleSet) -> list[Event]:
         """Install new rules between windows; unchanged rules keep their state."""
         with self._rules_lock:
-            events = self.rules.swap(ruleset)
-        self.worker.calibrate(_yes_no_prompts(ruleset), self.config.windows.length)
+            events = [e.for_source(self.id) for e in self.rules.swap(ruleset)]
+        self.worker.calibrate(yes_no_prompts(ruleset), self.config.windows.length)
         return events
 
     @property
     def skipped(self) -> int:
         """Windows never answered: skipped by the scheduler or dropped from the engine inbox."""
-        return self.scheduler.skipped + self.worker.stats.skipped
+        return self.scheduler.skipped + self.worker.stats.skipped_by_source.get(self.id, 0)
 
 
-def _yes_no_prompts(ruleset: RuleSet) -> list[str]:
+def yes_no_prompts(ruleset: RuleSet) -> list[str]:
     """The questions whose score on silence (baseline) the engine calibrates."""
     return [r.ask for r in ruleset.enabled if isinstance(r, YesNoRule)]

@@ -36,6 +36,8 @@ def window_record(result: Result) -> dict[str, Any]:
         "speech": round(w.speech_ratio, 3),
         "rules": rules,
     }
+    if result.source:
+        record["source"] = result.source
     if result.error is not None:
         record["error"] = result.error
     return record

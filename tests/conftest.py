@@ -228,18 +228,40 @@ set-default-sink vmic_in
 """
 
 
-class VirtualMic:
-    """A PulseAudio server whose default source is a virtual microphone fed by `play()`."""
+def rooms_pa(rooms: list[str]) -> str:
+    """A PulseAudio script with one virtual microphone per room: source `vmic_{room}`, fed by sink `vmic_{room}_in`."""
+    lines = ["load-module module-native-protocol-unix auth-anonymous=1"]
+    for room in rooms:
+        lines += [f"load-module module-null-source source_name=silence_{room} rate=16000 channels=1 max_latency_msec=20",
+                  f"load-module module-virtual-source source_name=vmic_{room} master=silence_{room} "
+                  f"uplink_sink=vmic_{room}_in rate=16000 channels=1"]
+    return "\n".join(lines) + "\n"
 
-    def __init__(self, workdir: Path):
+
+class VirtualMic:
+    """A PulseAudio server whose default source is a virtual microphone fed by `play()`.
+
+    With `rooms`, one virtual microphone per room instead, each an ALSA device of its own named
+    after the room (through `$HOME/.asoundrc`: run the recording process with `env`), played
+    into with `play(wav, room=...)`.
+    """
+
+    def __init__(self, workdir: Path, rooms: list[str] | None = None):
         need_tool("pulseaudio")
         self.paplay = need_tool("paplay")
         self.workdir = workdir
+        self.rooms = rooms or []
         self.runtime = workdir / "xdg"
         self.runtime.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.runtime, 0o700)
-        (workdir / "vmic.pa").write_text(VMIC_PA)
+        (workdir / "vmic.pa").write_text(VMIC_PA if not rooms else rooms_pa(rooms))
         self.env = {"XDG_RUNTIME_DIR": str(self.runtime), "PULSE_SERVER": f"unix:{self.runtime}/pulse/native"}
+        if rooms:
+            home = workdir / "home"
+            home.mkdir(exist_ok=True)
+            (home / ".asoundrc").write_text("".join(
+                f'pcm.{r} {{ type pulse; device vmic_{r}; hint {{ show on; description "{r}" }} }}\n' for r in rooms))
+            self.env["HOME"] = str(home)
         self.log = workdir / "pulse.log"
         self.proc = subprocess.Popen(
             ["pulseaudio", "-n", "-F", str(workdir / "vmic.pa"), "--daemonize=no", "--exit-idle-time=-1",
@@ -263,9 +285,10 @@ class VirtualMic:
             sd._terminate()
             sd._initialize()
 
-    def play(self, wav: Path | str, wait: bool = True) -> subprocess.Popen:
-        """Play a file into the virtual microphone."""
-        proc = subprocess.Popen([self.paplay, "--device=vmic_in", str(wav)], env={**os.environ, **self.env})
+    def play(self, wav: Path | str, wait: bool = True, room: str | None = None) -> subprocess.Popen:
+        """Play a file into the virtual microphone (of `room`)."""
+        sink = "vmic_in" if room is None else f"vmic_{room}_in"
+        proc = subprocess.Popen([self.paplay, f"--device={sink}", str(wav)], env={**os.environ, **self.env})
         if wait:
             assert proc.wait(120) == 0, f"paplay {wav} failed"
         return proc

@@ -55,14 +55,17 @@ def test_microphone_to_subscriber(vmic, broker, subscriber_factory, tiny_model_d
         assert Path(on["clip"]).exists() and sf.info(on["clip"]).duration >= 2.0
         sub.wait_for(_state("loud/state", b"OFF"), timeout=20)  # speech over: OFF once hold expires
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        for name in ("audio_monitor_windows_processed_total", "audio_monitor_engine_milliseconds_bucket",
-                     'audio_monitor_rule_score{rule="loud"}', 'audio_monitor_events_total{kind="on",rule="loud"}',
+        room = 'source="test_node"'
+        for name in (f"audio_monitor_windows_processed_total{{{room}}}", "audio_monitor_engine_milliseconds_bucket",
+                     f'audio_monitor_rule_score{{rule="loud",{room}}}',
+                     f'audio_monitor_events_total{{kind="on",rule="loud",{room}}}',
                      "audio_monitor_capture_overflows", "audio_monitor_outbox_depth", "audio_monitor_mqtt_connected 1.0",
-                     "audio_monitor_real_time_factor", "audio_monitor_windows_skipped"):
+                     "audio_monitor_real_time_factor", "audio_monitor_windows_skipped", f"audio_monitor_capture_ok{{{room}}} 1.0"):
             assert name in text, name
         values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-        assert float(values["audio_monitor_windows_total"]) >= float(values["audio_monitor_windows_processed_total"]) > 3
-        assert float(values["audio_monitor_capture_overflows_total"]) == 0
+        windows = float(values[f"audio_monitor_windows_total{{{room}}}"])
+        assert windows >= float(values[f"audio_monitor_windows_processed_total{{{room}}}"]) > 3
+        assert float(values[f"audio_monitor_capture_overflows_total{{{room}}}"]) == 0
     finally:
         code = daemon.stop()
     assert code == 0, daemon.output
@@ -72,7 +75,7 @@ def test_microphone_to_subscriber(vmic, broker, subscriber_factory, tiny_model_d
 
 def _processed(port: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return float(re.search(r"^audio_monitor_windows_processed_total (\S+)$", text, re.M).group(1))
+    return float(re.search(r'^audio_monitor_windows_processed_total\{source="test_node"\} (\S+)$', text, re.M).group(1))
 
 
 def test_file_source_to_subscriber(broker, subscriber_factory, tiny_model_dir, tmp_path):

@@ -25,11 +25,11 @@ class HangableEngine(Engine):
     release = threading.Event()
     hanging = threading.Event()
 
-    def run(self, request):
+    def answer(self, requests):
         if self.hang.is_set():
             self.hanging.set()
             self.release.wait(60)
-        return super().run(request)
+        return super().answer(requests)
 
 
 class SlowEngine(Engine):
@@ -37,9 +37,9 @@ class SlowEngine(Engine):
 
     delay = 3.0
 
-    def run(self, request):
-        time.sleep(self.delay)
-        return super().run(request)
+    def answer(self, requests):
+        time.sleep(self.delay * len(requests))
+        return super().answer(requests)
 
 
 def _run_in_thread(daemon: Daemon) -> tuple[threading.Thread, list[int]]:

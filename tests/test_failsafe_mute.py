@@ -38,10 +38,11 @@ class RecordingEngine:
         self.engine = engine
         self.asked: list[tuple[int, int, np.ndarray]] = []
 
-    def run(self, request: Any) -> Any:
-        w = request.window
-        self.asked.append((w.start, w.end, w.audio.copy()))
-        return self.engine.run(request)
+    def answer(self, requests: Any) -> Any:
+        for request in requests:
+            w = request.window
+            self.asked.append((w.start, w.end, w.audio.copy()))
+        return self.engine.answer(requests)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)

@@ -26,6 +26,7 @@ from monitor.clips import ClipStore
 from monitor.config import load_config
 from monitor.daemon import Daemon
 from monitor.publish.publisher import Publisher
+from monitor.publish.room import RoomChannel
 from monitor.publish.settings import MqttSettings
 from tests.conftest import need
 from tests.daemon_support import DaemonProcess, events_of, talk_file, write_config
@@ -216,7 +217,7 @@ def test_a_bug_in_an_event_or_a_window_is_logged_once_and_the_daemon_goes_on(
         raise ZeroDivisionError("level bug")
 
     monkeypatch.setattr(ClipStore, "save", broken_clip)
-    monkeypatch.setattr(Publisher, "publish_level", broken_level)
+    monkeypatch.setattr(RoomChannel, "publish_level", broken_level)
     path = talk_file(tmp_path, [("silence", 2), *_bursts(3)])
     config = load_config(write_config(tmp_path, tiny_model_dir, broker.port, source=f"file:{path}", extra=FAST))
     sub = subscriber_factory(broker, "am/test_node/+/event")

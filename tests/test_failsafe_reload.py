@@ -82,8 +82,14 @@ class PromptEngine:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    name = "prompt-engine"
+    max_batch = 1
+
     def calibrate(self, prompts: Any, seconds: Any = None) -> dict[str, float]:
         return {p: 0.0 for p in prompts}
+
+    def answer(self, requests: list[Request]) -> list[Result]:
+        return [self.run(r) for r in requests]
 
     def run(self, request: Request) -> Result:
         self.entered.set()

@@ -128,7 +128,8 @@ def test_commands_mute_and_reload_and_garbage_changes_nothing(broker, publishers
     calls: list[tuple[str, str]] = []
     seen = threading.Condition()
 
-    def on_command(name: str, value: str) -> None:
+    def on_command(name: str, value: str, target: str) -> None:
+        assert target == NODE
         with seen:
             calls.append((name, value))
             seen.notify_all()
@@ -172,7 +173,7 @@ def test_commands_mute_and_reload_and_garbage_changes_nothing(broker, publishers
     wait_calls(6)
     pub.stop()
     later: list[tuple[str, str]] = []
-    pub2 = publishers(broker, tmp_path / "state", on_command=lambda n, v: later.append((n, v)))
+    pub2 = publishers(broker, tmp_path / "state", on_command=lambda n, v, t: later.append((n, v)))
     pub2.start()
     deadline = time.monotonic() + 15
     while pub2.stats.ignored_commands < 1 and time.monotonic() < deadline:

@@ -44,6 +44,7 @@ class Request:
     texts: tuple[TextTask, ...] = ()
     generation: int = 0  # the rule set it was planned under (the rule engine counts reloads)
     source: str = ""  # the source (room) whose window it is
+    live: bool = True  # False: a file read as fast as it is answered (batched deterministically, see the worker)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,21 @@
-"""The engine thread: the one thread that loads the model, owns it, and answers window requests.
+"""The engine thread: the one thread that loads the model, owns it, and answers the windows of every room.
 
-Live audio must never wait for the model. The inbox is small and bounded; a live producer
-submits with `drop_oldest=True`, so when the model falls behind the stalest pending window is
-dropped (and counted) rather than the capture blocking. A file replay submits with
-`drop_oldest=False` and waits instead, so every window is answered.
+Live audio must never wait for the model. Each source (room) has its own small bounded inbox; a
+live producer submits with `drop_oldest=True`, so when the model falls behind, the stalest
+pending window *of that room* is dropped (and counted) rather than the capture blocking — a busy
+room never pushes out another room's windows. A file replay submits with `drop_oldest=False`
+and waits instead, so every window is answered.
+
+The thread takes ready windows round-robin across the rooms, up to the backend's `max_batch`,
+and answers them in one `Backend.answer` call: a room fed as fast as possible (a file) delays a
+live room's window by at most one batch. Results are delivered in order within each room.
+
+A file read as fast as it is answered (not live) is batched the same way on every run — its
+windows are taken only when its inbox is full, or at its last window — so a replay gives the
+same scores to the last bit whatever the timing (a batch's shape changes float rounding).
 
 `heartbeat` is the monotonic time of the loop's last real progress: the idle loop advances it
-twice a second and every finished request advances it, so a hung model stops it — which is what
+twice a second and every finished batch advances it, so a hung model stops it — which is what
 a systemd watchdog should notice.
 
 Importing this module does not import torch; the model is loaded inside the thread.
@@ -19,18 +28,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from monitor.engine.api import Request, Result
 from monitor.engine.settings import ModelSettings
 
 if TYPE_CHECKING:
-    from monitor.engine.engine import Engine
+    from monitor.engine.api import Backend
 
 log = logging.getLogger(__name__)
 
 IDLE_TICK = 0.5  # seconds between heartbeats of an idle, healthy loop
+FILE_PATIENCE = 1.0  # a file's half-full inbox is taken anyway after this long without a new window
 
 
 @dataclass
@@ -39,16 +49,19 @@ class WorkerStats:
 
     processed: int = 0  # requests answered, failed ones included
     failed: int = 0  # requests whose Result carries an error
-    skipped: int = 0  # requests dropped unanswered: oldest-first when the inbox was full, or left at stop
-    last_engine_ms: float = 0.0
-    pending: int = 0  # requests waiting in the inbox now
+    skipped: int = 0  # requests dropped unanswered: oldest-first when an inbox was full, or left at stop
+    last_engine_ms: float = 0.0  # engine time of the latest batch
+    last_batch: int = 0  # windows in the latest batch
+    batches: int = 0
+    pending: int = 0  # requests waiting in the inboxes now
+    skipped_by_source: dict[str, int] = field(default_factory=dict)
 
 
 class EngineWorker:
-    """Runs an `Engine` in its own thread; requests in through a bounded inbox, results out by callback."""
+    """Runs a `Backend` in its own thread; requests in through bounded per-source inboxes, results out by callback."""
 
     def __init__(self, settings: ModelSettings, on_result: Callable[[Result], None], inbox_size: int = 2,
-                 engine_factory: Callable[[ModelSettings], Engine] | None = None,
+                 engine_factory: Callable[[ModelSettings], Backend] | None = None,
                  calibrate: Sequence[str] = (), calibrate_seconds: float | None = None,
                  name: str = "engine"):
         if inbox_size < 1:
@@ -61,16 +74,19 @@ class EngineWorker:
         self.stats = WorkerStats()
         self.load_error: str | None = None
         self.heartbeat = time.monotonic()
-        self._inbox: deque[Request] = deque()
+        self._inboxes: dict[str, deque[Request]] = {}  # per source, in the order sources first submitted
+        self._last_submit: dict[str, float] = {}  # per source: when its latest request came (monotonic)
+        self._next = 0  # round-robin: the index of the source whose turn is first in the next batch
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self._loaded = False
         self._stopping = False
         self._drain = False
         self._abandoned = False
-        self._busy = False
+        self._busy: set[str] = set()  # sources with a window in the batch being answered
+        self._calibrating = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.engine: Engine | None = None  # for inspection only: never call it from another thread
+        self.engine: Backend | None = None  # for inspection only: never call it from another thread
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,8 +112,8 @@ class EngineWorker:
         """Stop the thread within `timeout` seconds; True if it ended in time.
 
         Pending requests are answered first when `drain` (as far as the deadline allows), else
-        dropped and counted as skipped. A request still in flight at the deadline is abandoned:
-        its result is never delivered, and the (daemon) thread is left to finish on its own.
+        dropped and counted as skipped. A batch still in flight at the deadline is abandoned:
+        its results are never delivered, and the (daemon) thread is left to finish on its own.
         """
         with self._cond:
             self._stopping = True
@@ -109,60 +125,121 @@ class EngineWorker:
         if self._thread.is_alive():
             with self._cond:
                 self._abandoned = True
-                left = len(self._inbox)
-                self._inbox.clear()
-                self.stats.skipped += left
-                self.stats.pending = 0
-            log.warning("engine did not stop within %.1fs; abandoning the request in flight", timeout)
+                self._drop_all()
+            log.warning("engine did not stop within %.1fs; abandoning the windows in flight", timeout)
             return False
         return True
 
     # ------------------------------------------------------------------ requests
 
     def submit(self, request: Request, drop_oldest: bool, timeout: float | None = None) -> bool:
-        """Queue a request; False if it was not accepted (stopping, load failed, or timed out waiting).
+        """Queue a request in its source's inbox; False if it was not accepted (stopping, load failed, timed out).
 
-        drop_oldest=True never waits: a full inbox loses its oldest request (counted in
+        drop_oldest=True never waits: a full inbox loses its own oldest request (counted in
         `stats.skipped`). drop_oldest=False waits for room (up to `timeout`).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            inbox = self._inboxes.setdefault(request.source, deque())
             while True:
                 if self._stopping or self.load_error is not None:
                     return False
-                if len(self._inbox) < self.inbox_size:
+                if len(inbox) < self.inbox_size:
                     break
                 if drop_oldest:
-                    self._inbox.popleft()
-                    self.stats.skipped += 1
+                    inbox.popleft()
+                    self.stats.pending -= 1
+                    self._count_skipped(request.source, 1)
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(remaining)
-            self._inbox.append(request)
-            self.stats.pending = len(self._inbox)
+            inbox.append(request)
+            self._last_submit[request.source] = time.monotonic()
+            self.stats.pending += 1
             self._cond.notify_all()
             return True
 
     def calibrate(self, prompts: Sequence[str], seconds: float | None = None) -> None:
-        """Compute baselines for these prompts in the engine thread, before the next request."""
+        """Compute baselines for these prompts in the engine thread, before the next batch."""
         with self._cond:
             self._calibrate.append((list(prompts), seconds))
             self._cond.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """True once nothing is pending or in flight (e.g. at the end of a file replay)."""
+    def wait_idle(self, timeout: float | None = None, source: str | None = None) -> bool:
+        """True once nothing is pending or in flight (for `source`, or for all), e.g. at the end of a replay."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._inbox or self._busy or self._calibrate:
+            while self._has_work(source):
                 if not self._thread.is_alive():
-                    return not self._inbox
+                    return not self._pending_of(source)
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._cond.wait(min(IDLE_TICK, remaining) if remaining is not None else IDLE_TICK)
             return True
+
+    def pending(self, source: str) -> int:
+        """Requests of `source` waiting (not counting one being answered)."""
+        with self._cond:
+            return self._pending_of(source)
+
+    # -- under self._cond
+
+    def _pending_of(self, source: str | None) -> int:
+        if source is None:
+            return sum(len(q) for q in self._inboxes.values())
+        return len(self._inboxes.get(source, ()))
+
+    def _takeable(self, inbox: deque[Request]) -> bool:
+        """Whether a source's pending windows may be taken now (see the module doc on files)."""
+        if not inbox:
+            return False
+        last = inbox[-1]
+        return (last.live or len(inbox) >= self.inbox_size or bool(getattr(last.window, "final", False))
+                or self._stopping or time.monotonic() - self._last_submit.get(last.source, 0.0) > FILE_PATIENCE)
+
+    def _any_ready(self) -> bool:
+        return any(self._takeable(q) for q in self._inboxes.values())
+
+    def _has_work(self, source: str | None) -> bool:
+        busy = bool(self._busy) if source is None else source in self._busy
+        return bool(self._pending_of(source) or busy or self._calibrate or self._calibrating)
+
+    def _count_skipped(self, source: str, n: int) -> None:
+        if n:
+            self.stats.skipped += n
+            self.stats.skipped_by_source[source] = self.stats.skipped_by_source.get(source, 0) + n
+
+    def _drop_all(self) -> None:
+        for source, inbox in self._inboxes.items():
+            self._count_skipped(source, len(inbox))
+            inbox.clear()
+        self.stats.pending = 0
+        self._cond.notify_all()
+
+    def _take_batch(self, limit: int) -> list[Request]:
+        """Up to `limit` requests, one per source per round, starting with the source whose turn it is."""
+        sources = list(self._inboxes)
+        if not sources:
+            return []
+        first = self._next % len(sources)
+        order = sources[first:] + sources[:first]
+        batch: list[Request] = []
+        ready = [source for source in order if self._takeable(self._inboxes[source])]
+        while len(batch) < limit:
+            took = False
+            for source in ready:
+                inbox = self._inboxes[source]
+                if inbox and len(batch) < limit:
+                    batch.append(inbox.popleft())
+                    took = True
+            if not took:
+                break
+        self._next = first + 1  # the next batch starts with the next source, whoever was served
+        self.stats.pending -= len(batch)
+        return batch
 
     # ------------------------------------------------------------------ the thread
 
@@ -181,10 +258,7 @@ class EngineWorker:
                 log.debug("model load failed", exc_info=True)
             log.error("%s", self.load_error)
             with self._cond:
-                self.stats.skipped += len(self._inbox)
-                self._inbox.clear()
-                self.stats.pending = 0
-                self._cond.notify_all()
+                self._drop_all()
             self._ready.set()
             return
         self.engine = engine
@@ -195,63 +269,81 @@ class EngineWorker:
             self._loop(engine)
         finally:
             with self._cond:
-                self._busy = False
+                self._busy.clear()
                 self._cond.notify_all()
 
-    def _load(self) -> Engine:
+    def _load(self) -> Backend:
         if self.engine_factory is not None:
             return self.engine_factory(self.settings)
-        from monitor.engine.engine import Engine
+        from monitor.engine.backends import load_backend
 
-        return Engine.load(self.settings)
+        return load_backend(self.settings)
 
-    def _loop(self, engine: Engine) -> None:
+    def _loop(self, engine: Backend) -> None:
+        limit = max(1, int(getattr(engine, "max_batch", 1) or 1))
         while True:
             with self._cond:
-                while not self._inbox and not self._calibrate and not self._stopping:
+                while not self._any_ready() and not self._calibrate and not self._stopping:
                     self._cond.wait(IDLE_TICK)
                     self.heartbeat = time.monotonic()
-                if self._stopping and not (self._drain and self._inbox):
-                    self.stats.skipped += len(self._inbox)
-                    self._inbox.clear()
-                    self.stats.pending = 0
-                    self._cond.notify_all()
+                if self._stopping and not (self._drain and self._pending_of(None)):
+                    self._drop_all()
                     return
-                job: Any = self._calibrate.pop(0) if self._calibrate else self._inbox.popleft()
-                self.stats.pending = len(self._inbox)
-                self._busy = True
-                self._cond.notify_all()  # room in the inbox for a waiting submitter
+                job: Any = self._calibrate.pop(0) if self._calibrate else self._take_batch(limit)
+                if isinstance(job, list):
+                    self._busy = {r.source for r in job}
+                else:
+                    self._calibrating = True
+                self._cond.notify_all()  # room in the inboxes for waiting submitters
             if isinstance(job, tuple):
                 self._run_calibration(engine, *job)
             else:
-                self._run_request(engine, job)
+                self._run_batch(engine, job)
             with self._cond:
-                self._busy = False
+                self._busy = set()
+                self._calibrating = False
                 self.heartbeat = time.monotonic()
                 self._cond.notify_all()
                 if self._abandoned:
                     return
 
-    def _run_calibration(self, engine: Engine, prompts: list[str], seconds: float | None) -> None:
+    def _run_calibration(self, engine: Backend, prompts: list[str], seconds: float | None) -> None:
         try:
             engine.calibrate(prompts, seconds)
         except Exception as exc:  # noqa: BLE001 - retried lazily with the first window that asks
             log.error("calibration of %d question(s) failed: %s: %s", len(prompts), type(exc).__name__, exc)
 
-    def _run_request(self, engine: Engine, request: Request) -> None:
-        try:
-            result = engine.run(request)
-        except Exception as exc:  # noqa: BLE001 - Engine.run should not raise; if it does, the window fails alone
-            log.exception("engine.run raised on window %s", getattr(request.window, "seq", "?"))
-            result = Result(request.window, error=f"{type(exc).__name__}: {exc}")
-        result.generation = request.generation
+    def _run_batch(self, engine: Backend, batch: list[Request]) -> None:
+        started = time.perf_counter()
+        results = self._answer(engine, batch)
+        for request, result in zip(batch, results, strict=True):
+            result.generation = request.generation
+            result.source = request.source
         with self._cond:
-            self.stats.processed += 1
-            self.stats.failed += result.error is not None
-            self.stats.last_engine_ms = result.engine_ms
+            self.stats.processed += len(results)
+            self.stats.failed += sum(r.error is not None for r in results)
+            self.stats.last_engine_ms = (time.perf_counter() - started) * 1000
+            self.stats.last_batch = len(batch)
+            self.stats.batches += 1
             if self._abandoned:
                 return
+        for request, result in zip(batch, results, strict=True):
+            try:
+                self.on_result(result)
+            except Exception:  # noqa: BLE001 - a consumer bug must not kill the engine thread
+                log.exception("result handler failed on window %s", getattr(request.window, "seq", "?"))
+
+    def _answer(self, engine: Backend, batch: list[Request]) -> list[Result]:
+        """The batch's results; if the batch as a whole fails, each window is tried alone, so it fails alone."""
         try:
-            self.on_result(result)
-        except Exception:  # noqa: BLE001 - a consumer bug must not kill the engine thread
-            log.exception("result handler failed on window %s", getattr(request.window, "seq", "?"))
+            results = list(engine.answer(batch))
+            if len(results) != len(batch):
+                raise RuntimeError(f"the backend answered {len(results)} of {len(batch)} windows")
+            return results
+        except Exception as exc:  # noqa: BLE001 - Backend.answer should not raise; if it does, isolate the culprit
+            if len(batch) == 1:
+                log.exception("engine failed on window %s", getattr(batch[0].window, "seq", "?"))
+                return [Result(batch[0].window, error=f"{type(exc).__name__}: {exc}")]
+            log.warning("a batch of %d windows failed (%s: %s); answering them one by one", len(batch),
+                        type(exc).__name__, exc)
+        return [self._answer(engine, [request])[0] for request in batch]

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from monitor.publish.topics import Topics, check_segment
 from monitor.rules.schema import BINARY_SENSOR_CLASSES  # anything else makes Home Assistant reject the entity
@@ -32,6 +32,10 @@ from monitor.rules.schema import RuleKind as EntityKind
 log = logging.getLogger(__name__)
 
 EVENT_TYPES: dict[str, list[str]] = {"yes_no": ["on", "off"], "text": ["text"], "match": ["match"]}
+
+Layout = Literal["single", "room", "daemon"]
+"""single: a one-microphone monitor (rules and controls on one device); room: one room of a
+whole-home daemon; daemon: the hub device of such a daemon (whole-home mute, reload)."""
 
 SENSOR_TEXT_MAX = 255  # Home Assistant refuses a sensor state longer than this
 
@@ -51,17 +55,27 @@ def _availability(topics: Topics) -> dict[str, Any]:
     return {"availability_topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
 
 
+def _room_availability(daemon: Topics, room: Topics) -> dict[str, Any]:
+    """Available while the daemon is online *and* the room's capture works: a dead camera greys out its room alone."""
+    return {"availability": [
+        {"topic": daemon.status, "payload_available": "online", "payload_not_available": "offline"},
+        {"topic": room.hearing, "value_template": "{{ value_json.capture }}", "payload_available": "ok",
+         "payload_not_available": "lost"},
+    ], "availability_mode": "all"}
+
+
 def _unique(topics: Topics, component: str) -> str:
     # node ids are [a-z0-9_], so "-" separates node and component without ambiguity
     return f"audio_monitor-{topics.node}-{component}"
 
 
-def rule_components(spec: EntitySpec, topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
+def rule_components(spec: EntitySpec, topics: Topics, qos: int,
+                    avail: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The components of one rule, keyed by component id."""
     check_segment(spec.id, "rule id")
     if spec.kind not in EVENT_TYPES:
         raise ValueError(f"rule {spec.id}: unknown entity kind {spec.kind!r} (yes_no, text or match)")
-    avail = _availability(topics)
+    avail = avail if avail is not None else _availability(topics)
     out: dict[str, dict[str, Any]] = {}
     icon = {"icon": spec.icon} if spec.icon else {}
     if spec.kind == "yes_no":
@@ -89,9 +103,25 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int) -> dict[str, dic
     return out
 
 
-def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
-    """The mute switch, the sound-level sensor, the reload button and the Microphone problem sensor every monitor has."""
-    avail = _availability(topics)
+def fixed_components(topics: Topics, qos: int, layout: Layout = "single",
+                     daemon: Topics | None = None) -> dict[str, dict[str, Any]]:
+    """The controls and diagnostics of a device: mute, Microphone problem sensor, sound level, reload.
+
+    A single monitor has all four. A room has its mute, Microphone and level (the level only while
+    its capture works; mute and Microphone whenever the daemon is online, so a dead room can still
+    be seen and muted); the daemon's hub device has the whole-home mute and the reload button.
+    """
+    daemon = daemon or topics
+    avail = _availability(daemon)
+    out = _fixed(topics, qos, avail, _room_availability(daemon, topics) if layout == "room" else avail)
+    if layout == "room":
+        del out["reload"]
+    elif layout == "daemon":
+        out = {"mute": {**out["mute"], "name": "Mute all rooms"}, "reload": out["reload"]}
+    return out
+
+
+def _fixed(topics: Topics, qos: int, avail: dict[str, Any], level_avail: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "mute": {
             "p": "switch", "name": "Mute", "unique_id": _unique(topics, "mute"),
@@ -108,7 +138,7 @@ def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
         "level": {
             "p": "sensor", "name": "Sound level", "unique_id": _unique(topics, "level"),
             "state_topic": topics.level, "unit_of_measurement": "dBFS", "state_class": "measurement",
-            "suggested_display_precision": 1, "icon": "mdi:waveform", "entity_category": "diagnostic", **avail,
+            "suggested_display_precision": 1, "icon": "mdi:waveform", "entity_category": "diagnostic", **level_avail,
         },
         "reload": {
             "p": "button", "name": "Reload rules", "unique_id": _unique(topics, "reload"),
@@ -120,31 +150,36 @@ def fixed_components(topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
 
 def build_payload(
     entities: list[EntitySpec], topics: Topics, node_name: str, version: str, qos: int,
-    tombstones: dict[str, str] | None = None,
+    tombstones: dict[str, str] | None = None, *, layout: Layout = "single", daemon: Topics | None = None,
 ) -> dict[str, Any]:
-    """The device discovery payload; `tombstones` (component id -> platform) are sent for removal."""
+    """The device discovery payload; `tombstones` (component id -> platform) are sent for removal.
+
+    `daemon`: the daemon's own topics (its status is the Last Will), for a room's payload.
+    """
+    daemon = daemon or topics
     seen: set[str] = set()
     cmps: dict[str, dict[str, Any]] = {}
+    avail = _room_availability(daemon, topics) if layout == "room" else _availability(daemon)
     for spec in entities:
         if spec.id in seen:
             raise ValueError(f"rule id {spec.id!r} appears twice; rule ids must be unique")
         seen.add(spec.id)
-        cmps.update(rule_components(spec, topics, qos))
-    cmps.update(fixed_components(topics, qos))
+        cmps.update(rule_components(spec, topics, qos, avail))
+    cmps.update(fixed_components(topics, qos, layout, daemon))
     for comp_id, platform in sorted((tombstones or {}).items()):
         if comp_id not in cmps:
             cmps[comp_id] = {"p": platform}
-    return {
-        "dev": {
-            "ids": [f"audio_monitor_{topics.node}"],
-            "name": node_name,
-            "mf": "audio-monitor",
-            "mdl": "audio-monitor",
-            "sw": version,
-        },
-        "o": {"name": "audio-monitor", "sw": version},
-        "cmps": cmps,
+    dev: dict[str, Any] = {
+        "ids": [f"audio_monitor_{topics.node}"],
+        "name": node_name,
+        "mf": "audio-monitor",
+        "mdl": "audio-monitor",
+        "sw": version,
     }
+    if layout == "room":
+        dev["via_device"] = f"audio_monitor_{daemon.node}"
+        dev["sa"] = node_name  # suggested area: a room device belongs in that room
+    return {"dev": dev, "o": {"name": "audio-monitor", "sw": version}, "cmps": cmps}
 
 
 class ComponentMemory:

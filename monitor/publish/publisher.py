@@ -38,7 +38,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import math
 import sys
 import threading
 import time
@@ -52,14 +51,16 @@ import paho.mqtt.client as mqtt
 from monitor import __version__
 from monitor.events import Event
 from monitor.publish.client import describe_connect_error, describe_refusal, make_client
-from monitor.publish.discovery import SENSOR_TEXT_MAX, ComponentMemory, EntitySpec, build_payload
+from monitor.publish.discovery import EntitySpec
 from monitor.publish.outbox import Outbox, OutboxError, Row
+from monitor.publish.room import RoomChannel
 from monitor.publish.settings import MqttSettings
 from monitor.publish.topics import Topics
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, str], None]
+CommandHandler = Callable[[str, str, str], None]
+"""(command, value, target): target is the node id (the whole daemon) or a room's source id."""
 
 
 class _QuietReconnects(logging.Filter):
@@ -119,7 +120,8 @@ class Publisher:
     """Publishes events, states and Home Assistant discovery; receives mute/reload commands."""
 
     def __init__(self, settings: MqttSettings, node_id: str, node_name: str, state_dir: Path,
-                 on_command: CommandHandler | None = None):
+                 on_command: CommandHandler | None = None, rooms: list[tuple[str, str]] | None = None):
+        """`rooms`: (source id, name) of each room of a whole-home daemon; None: the node is the one room."""
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, node_id, settings.discovery.prefix)
         self.node_id = node_id
@@ -136,7 +138,9 @@ class Publisher:
         self._last_stored = 0  # the highest outbox number so far: the place of a direct event among rows
         self._closed = False
         self._last_status: dict[str, Any] | None = None  # sent again with the new condition when it changes
-        self._components = ComponentMemory(self.state_dir / "discovery.json")
+        self.node = RoomChannel(self, node_id, node_name, "single" if rooms is None else "daemon")
+        self.rooms: dict[str, RoomChannel] = {node_id: self.node} if rooms is None else {
+            room_id: RoomChannel(self, room_id, name, "room") for room_id, name in rooms}
 
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()  # paho/daemon -> worker
         self._direct: collections.deque[_Direct] = collections.deque()  # daemon -> worker
@@ -272,8 +276,21 @@ class Publisher:
         if not left and not lost:
             log.info("mqtt: stopped; outbox empty")
 
+    def room(self, room_id: str) -> RoomChannel:
+        """The topics and device of one room (a one-microphone monitor has one: the node)."""
+        return self.rooms[room_id]
+
     def publish_event(self, event: Event) -> Route:
-        """Queue an event for {prefix}/{node}/{rule}/event (JSON, QoS 1, not retained); say how.
+        """Queue an event on its room's topic (the node's when it names none); see `send_event`."""
+        room = self.rooms.get(event.source) if event.source else self.node
+        if room is None:
+            if event.source != self.node_id:
+                raise ValueError(f"event of unknown source {event.source!r}: not one of {', '.join(self.rooms)}")
+            room = self.node
+        return room.publish_event(event)
+
+    def send_event(self, topic: str, payload: bytes, event: Event) -> Route:
+        """Queue an event's JSON for `topic` (QoS 1, not retained); say how.
 
         "outbox": it is stored durably. "direct": the outbox cannot store it (logged when that
         starts, shown in the status), so it is sent from memory, after the events stored before
@@ -282,8 +299,6 @@ class Publisher:
         """
         if self._closed:
             raise OutboxError(f"the publisher is stopped; event {event.id} was not sent")
-        topic = self.topics.rule_event(event.rule_id)
-        payload = json.dumps(event.payload(self.node_id, __version__), ensure_ascii=False).encode()
         route: Route = "outbox" if self._store(topic, payload, event) else "direct"
         if route == "direct":
             self._direct_queued += 1  # counted first: the worker may send and count its acknowledgement at once
@@ -299,26 +314,19 @@ class Publisher:
         except OutboxError:
             return set()
 
+    # The node's own room (a one-microphone monitor): see RoomChannel.
     def publish_state(self, rule_id: str, on: bool) -> None:
-        """{prefix}/{node}/{rule}/state = ON/OFF, retained."""
-        self._set_retained(self.topics.rule_state(rule_id), b"ON" if on else b"OFF")
+        self.node.publish_state(rule_id, on)
 
     def publish_text(self, rule_id: str, text: str) -> None:
-        """The last answer of a text rule on {prefix}/{node}/{rule}/text, retained (the HA sensor).
-
-        Cut to 255 characters, the most a Home Assistant sensor state may hold; the event payload
-        carries the full text.
-        """
-        self._set_retained(self.topics.rule_text(rule_id), text[:SENSOR_TEXT_MAX].encode())
+        self.node.publish_text(rule_id, text)
 
     def set_hearing(self, ok: bool, reason: str | None = None, detail: str = "") -> None:
-        """Whether the monitor can hear, on {prefix}/{node}/hearing (retained; the Microphone problem sensor)."""
-        body = {"problem": "OFF" if ok else "ON", "reason": reason, "detail": detail or None}
-        self._set_retained(self.topics.hearing, json.dumps(body).encode())
+        self.node.set_hearing(ok, reason, detail)
 
     def set_muted(self, muted: bool) -> None:
-        """The mute switch's state on {prefix}/{node}/mute, retained."""
-        self._set_retained(self.topics.mute_state, b"ON" if muted else b"OFF")
+        """The node's mute switch ({prefix}/{node}/mute; in a whole-home daemon: all rooms)."""
+        self.node.set_muted(muted)
 
     def publish_status(self, status: dict[str, Any]) -> None:
         """Retained JSON health on {prefix}/{node}/info; the publisher adds its counters under `publisher`.
@@ -331,33 +339,27 @@ class Publisher:
         body = {"version": __version__, **status,
                 "publisher": {"outbox_depth": self.outbox_depth, "outbox_ok": problem is None, "outbox_problem": problem,
                               "direct_waiting": self.direct_waiting, **dataclasses.asdict(self.stats)}}
-        self._set_retained(self.topics.info, json.dumps(body, ensure_ascii=False, default=str).encode())
+        self.set_retained(self.topics.info, json.dumps(body, ensure_ascii=False, default=str).encode())
 
     def set_entities(self, entities: list[EntitySpec]) -> None:
-        """Publish the Home Assistant device discovery; components of removed rules are deleted."""
-        if not self.settings.discovery.enabled:
-            return
-        qos = self.settings.qos
-        current = build_payload(entities, self.topics, self.node_name, __version__, qos)["cmps"]
-        tombstones = self._components.update({cid: comp["p"] for cid, comp in current.items()})
-        payload = build_payload(entities, self.topics, self.node_name, __version__, qos, tombstones)
-        if tombstones:
-            log.info("mqtt: Home Assistant entities removed: %s", ", ".join(sorted(tombstones)))
-        self._set_retained(self.topics.discovery, json.dumps(payload, ensure_ascii=False).encode())
+        self.node.set_entities(entities)
 
     def publish_scores(self, scores: dict[str, dict]) -> None:
-        """Every rule's latest score on {prefix}/{node}/scores (tuning aid; low value)."""
-        cfg = self.settings.scores
-        if cfg.enabled:
-            self._publish_low(self.topics.scores, cfg.interval, lambda: json.dumps(scores, default=_num).encode())
+        self.node.publish_scores(scores)
 
     def publish_level(self, dbfs: float) -> None:
-        """The sound level on {prefix}/{node}/level as a number in dBFS (low value)."""
-        cfg = self.settings.level
-        if not cfg.enabled or math.isnan(dbfs):
-            return
-        value = max(-120.0, min(0.0, dbfs)) if math.isfinite(dbfs) else (-120.0 if dbfs < 0 else 0.0)
-        self._publish_low(self.topics.level, cfg.interval, lambda: f"{value:.1f}".encode())
+        self.node.publish_level(dbfs)
+
+    # ------------------------------------------------------------------ for RoomChannel
+
+    def set_retained(self, topic: str, payload: bytes) -> None:
+        """Keep `payload` as the latest retained value of `topic`, sent now and after every (re)connect."""
+        with self._cache_lock:
+            self._retained[topic] = payload
+        self._notify("retained", topic)
+
+    def note_removed(self, room_id: str, components: list[str]) -> None:
+        log.info("mqtt: Home Assistant entities of %s removed: %s", room_id, ", ".join(components))
 
     # ------------------------------------------------------------------ daemon-side helpers
 
@@ -428,12 +430,7 @@ class Publisher:
         """Events not acknowledged yet, stored or not."""
         return self.outbox_depth + self.direct_waiting
 
-    def _set_retained(self, topic: str, payload: bytes) -> None:
-        with self._cache_lock:
-            self._retained[topic] = payload
-        self._notify("retained", topic)
-
-    def _publish_low(self, topic: str, interval: float, make: Callable[[], bytes]) -> None:
+    def publish_low(self, topic: str, interval: float, make: Callable[[], bytes]) -> None:
         now = time.monotonic()
         last = self._last_low.get(topic)
         if last is not None and now - last < interval:
@@ -465,7 +462,8 @@ class Publisher:
             log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
         self._last_problem = None
         self._failures_since_connect = 0
-        subs = [(self.topics.command_filter, 1)]
+        subs = [(self.topics.command_filter, 1)] + [(r.topics.command_filter, 1) for r in self.rooms.values()
+                                                    if r.id != self.node_id]
         if self.settings.discovery.enabled:
             subs.append((self.topics.ha_status, 1))
         client.subscribe(subs)
@@ -501,7 +499,7 @@ class Publisher:
             log.exception("mqtt: error handling a message on %s", msg.topic)
 
     def _command(self, topic: str, raw: bytes, retained: bool) -> None:
-        name = topic.rsplit("/", 1)[-1]
+        target, name = topic.rsplit("/", 3)[-3], topic.rsplit("/", 1)[-1]  # {prefix}/{target}/set/{name}
         text = None
         if len(raw) <= _MAX_COMMAND_BYTES:
             try:
@@ -509,9 +507,9 @@ class Publisher:
             except UnicodeDecodeError:
                 text = None
         if name == "mute" and text in ("ON", "OFF"):
-            self._call("mute", text)
+            self._call("mute", text, target)
         elif name == "reload" and text in _RELOAD_WORDS and not retained:
-            self._call("reload", "")
+            self._call("reload", "", target)
         else:
             self._ignored_commands += 1
             shown = raw[:40] + (b"..." if len(raw) > 40 else b"")
@@ -519,10 +517,10 @@ class Publisher:
                 name, "known commands: set/mute, set/reload")
             log.warning("mqtt: ignored command on %s: payload %r (%s)", topic, shown, hint)
 
-    def _call(self, name: str, value: str) -> None:
-        log.info("mqtt: command %s %s", name, value)
+    def _call(self, name: str, value: str, target: str) -> None:
+        log.info("mqtt: command %s %s for %s", name, value, target)
         if self.on_command is not None:
-            self.on_command(name, value)
+            self.on_command(name, value, target)
 
     def _problem(self, message: str, level: int) -> None:
         """Log a connection problem once; repeats of the same one go to debug."""
@@ -644,7 +642,8 @@ class Publisher:
         with self._cache_lock:
             items = list(self._retained.items())
         # discovery first, so Home Assistant has the entities before their states arrive
-        items.sort(key=lambda kv: kv[0] != self.topics.discovery)
+        discovery = {r.topics.discovery for r in self.rooms.values()} | {self.topics.discovery}
+        items.sort(key=lambda kv: kv[0] not in discovery)
         for topic, payload in items:
             self._send(topic, payload, _RETAINED)
 
@@ -699,14 +698,6 @@ class Publisher:
         self._inflight[info.mid] = sent
         if sent.kind != "retained":
             self._inflight_events += 1
-
-
-def _num(value: Any) -> Any:
-    """JSON fallback for numpy scalars and the like in score dicts."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 __all__ = ["EntitySpec", "Publisher", "PublisherStats"]

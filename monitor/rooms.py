@@ -1,0 +1,153 @@
+"""One room of a running daemon: its listening pipeline, evidence clips, mute switch and hearing.
+
+The daemon's main thread owns every `ActiveRoom`: it hands each answered window to `handle`,
+and calls `check_hearing` and `set_muted` between windows. The room decides its rules, saves a
+clip for an ON event, and passes windows and events on to the daemon's sinks, each sink's error
+isolated so that no consumer can stop an alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from monitor.audio.redact import describe_source
+from monitor.audio.sources import AudioSource
+from monitor.clips import ClipStore
+from monitor.config import Config, Room
+from monitor.engine.api import Result
+from monitor.engine.worker import EngineWorker
+from monitor.events import Event
+from monitor.pipeline import Hearing, Pipeline
+from monitor.rules import RuleSet
+from monitor.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+Survive = Callable[[str, BaseException], None]
+
+
+class ActiveRoom:
+    """A configured source, running: pipeline + clips + mute + hearing, feeding the sinks."""
+
+    def __init__(self, config: Config, room: Room, ruleset: RuleSet, worker: EngineWorker, state_dir: Path,
+                 sinks: Sequence[Sink], survive: Survive, source: AudioSource | None = None):
+        self.config = config
+        self.room = room
+        self.id = room.id
+        self.name = room.name
+        self.pipeline = Pipeline(config, ruleset, room=room, source=source, worker=worker)
+        clips_dir = state_dir / "clips" if not config.multi_room else state_dir / "clips" / room.id
+        self.clips = ClipStore(clips_dir, config.clips)
+        self.sinks = sinks
+        self._survive = survive
+        self._state_dir = state_dir
+        self.own_mute = False  # this room's switch (a one-room monitor has only this one)
+        self.all_mute = False  # the whole-home switch of a daemon with `sources:`
+        self.channel: Any = None  # its RoomChannel once the publisher runs
+
+    @property
+    def label(self) -> str:
+        """How the room is named in messages: its id, and its source without credentials."""
+        return f"{self.id} ({describe_source(self.room.audio.source)})"
+
+    # ------------------------------------------------------------------ windows and events
+
+    def handle(self, result: Result) -> None:
+        """Decide one answered window and pass it and its events on. Never raises."""
+        try:
+            events = self.pipeline.process(result)
+        except Exception as exc:  # noqa: BLE001 - one bad window must not end the monitor
+            self._survive(f"a window of {self.id}", exc)
+            return
+        for sink in self.sinks:
+            try:
+                sink.window(self.id, result)
+            except Exception as exc:  # noqa: BLE001 - a sink is not worth the others
+                self._survive(f"{type(sink).__name__} on a window of {self.id}", exc)
+        self.publish(events, result)
+
+    def publish(self, events: list[Event], result: Result | None) -> None:
+        """Attach clips and hand each event to every sink, each on its own: one failure stops nothing else."""
+        for event in events:
+            event = self._with_clip(event, result)
+            for sink in self.sinks:
+                try:
+                    sink.event(self.id, event)
+                except Exception as exc:  # noqa: BLE001 - the other sinks (and alarms) must still go out
+                    self._survive(f"{type(sink).__name__} on event {event.rule_id} {event.kind} id={event.id}", exc)
+
+    def _with_clip(self, event: Event, result: Result | None) -> Event:
+        rule = self.pipeline.rules.ruleset.get(event.rule_id)
+        kind = rule.kind if rule is not None else "yes_no"
+        if result is None or self.pipeline.muted or not self.clips.wants(event, kind):
+            return event
+        try:
+            # the event's times are the window's, or for a transcript its utterance's, inside it
+            window = result.window
+            start = window.start + round((event.window_start - window.t_start) * window.sample_rate)
+            end = window.start + round((event.window_end - window.t_start) * window.sample_rate)
+            path = self.clips.save(event, self.pipeline.ring, start, end)
+        except Exception as exc:  # noqa: BLE001 - the alarm goes out without its evidence
+            self._survive(f"the clip of event {event.rule_id} {event.kind} id={event.id}", exc)
+            return event
+        return event.with_clip(str(path)) if path is not None else event
+
+    # ------------------------------------------------------------------ mute and hearing
+
+    @property
+    def mute_file(self) -> Path:
+        return self._state_dir / ("muted" if not self.config.multi_room else f"muted-{self.id}")
+
+    def set_muted(self, own: bool | None = None, everywhere: bool | None = None) -> bool:
+        """Change this room's switch or the whole-home one; True when the room's effective mute changed."""
+        if own is not None:
+            self.own_mute = own
+        if everywhere is not None:
+            self.all_mute = everywhere
+        muted = self.own_mute or self.all_mute
+        if muted == self.pipeline.muted:
+            return False
+        self.pipeline.set_muted(muted)
+        return True
+
+    def check_hearing(self) -> tuple[bool, list[Event]]:
+        """Re-assess hearing; (changed, the OFF events a loss caused). Logs the change once."""
+        changed, events = self.pipeline.check_hearing()
+        if changed:
+            hearing = self.pipeline.hearing
+            where = "" if not self.config.multi_room else f"{self.id}: "
+            if hearing.ok:
+                log.info("%shearing again: windows are decided from now on", where)
+            elif hearing.reason == "muted":
+                log.info("%scannot hear: muted; %d rule(s) that were ON turned OFF", where, len(events))
+            else:
+                log.error("%scannot hear: capture lost (%s); %d rule(s) that were ON turned OFF, and the Microphone "
+                          "problem sensor is ON until audio comes back", where, hearing.detail, len(events))
+        return changed, events
+
+    @property
+    def hearing(self) -> Hearing:
+        return self.pipeline.hearing
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """This room's part of the JSON status."""
+        p = self.pipeline
+        hearing = p.hearing
+        return {
+            "state": "muted" if p.muted else "listening" if hearing.ok else "deaf",
+            "hearing": hearing.label,
+            "hearing_detail": hearing.detail if not hearing.ok else None,
+            "lag_s": round(p.stats.last_lag, 2),
+            "windows": p.stats.windows,
+            "processed": p.stats.processed,
+            "skipped": p.skipped,
+            "failed": p.stats.failed,
+            "undecided": p.stats.undecided,
+            "capture": p.source.stats.state,
+            "overflows": p.source.stats.overflows,
+        }
