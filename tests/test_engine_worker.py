@@ -251,3 +251,120 @@ def test_the_model_loads_in_the_worker_thread_and_a_load_failure_is_reported(tin
     assert bad.load_error is not None and "model.path" in bad.load_error and "\n" not in bad.load_error
     assert not bad.submit(request(1), drop_oldest=True)
     assert bad.stop(5)
+
+
+# ---------------------------------------------------------------------------- several rooms
+
+
+def room_request(source: str, seq: int, live: bool = True) -> Request:
+    return Request(make_window(noise(1.0, seed=seq), seq=seq, start=seq * 16000), QUESTIONS, source=source, live=live)
+
+
+def test_a_full_inbox_drops_only_its_own_rooms_oldest_window(loaded):
+    worker, engine, out = make_worker(loaded, inbox_size=2)
+    try:
+        engine.gate.clear()
+        worker.submit(room_request("porch", 0), drop_oldest=True)
+        assert engine.started.acquire(timeout=30)  # held at the gate
+        worker.submit(room_request("kitchen", 100), drop_oldest=True)
+        for seq in (1, 2, 3, 4):  # the porch floods its own inbox
+            worker.submit(room_request("porch", seq), drop_oldest=True)
+        assert worker.stats.skipped_by_source == {"porch": 2} and worker.pending("kitchen") == 1
+        engine.gate.set()
+        assert worker.wait_idle(60)
+        assert sorted(r.window.seq for r in out.results if r.source == "kitchen") == [100]
+        assert [r.window.seq for r in out.results if r.source == "porch"] == [0, 3, 4]
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+
+
+class BatchEngine(GatedEngine):
+    """Records the (source, seq) of every batch it is handed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_batch = 3
+        self.batches: list[list[tuple[str, int]]] = []
+
+    def answer(self, requests):
+        self.batches.append([(r.source, r.window.seq) for r in requests])
+        self.started.release()
+        assert self.gate.wait(60)
+        return Engine.answer(self, requests)
+
+
+def test_windows_of_all_rooms_are_taken_round_robin_up_to_max_batch(loaded):
+    collector = Collector()
+    made: list[BatchEngine] = []
+    worker = EngineWorker(loaded.settings, collector, inbox_size=3,
+                          engine_factory=lambda s: made.append(BatchEngine(loaded.model, loaded.processor, s,
+                                                                           loaded.placement)) or made[-1])
+    worker.start()
+    assert worker.wait_ready(60)
+    engine = made[0]
+    try:
+        engine.gate.clear()
+        worker.submit(room_request("a", 0), drop_oldest=True)
+        assert engine.started.acquire(timeout=30)  # the first batch [a0] is held
+        for seq in (1, 2, 3):
+            worker.submit(room_request("a", seq), drop_oldest=True)
+        for seq in (10, 11):
+            worker.submit(room_request("b", seq), drop_oldest=True)
+        worker.submit(room_request("c", 20), drop_oldest=True)
+        engine.gate.set()
+        assert worker.wait_idle(60)
+        # one of each room per round; each batch starts one room further along (a, then b, then c)
+        assert engine.batches == [[("a", 0)], [("b", 10), ("c", 20), ("a", 1)], [("a", 2), ("b", 11), ("a", 3)]]
+        per_room = {s: [r.window.seq for r in collector.results if r.source == s] for s in "abc"}
+        assert per_room == {"a": [0, 1, 2, 3], "b": [10, 11], "c": [20]}  # in order within each room
+        assert all(r.error is None for r in collector.results)
+    finally:
+        engine.gate.set()
+        worker.stop(10)
+
+
+def test_a_room_fed_as_fast_as_possible_delays_a_live_room_by_at_most_one_batch(loaded):
+    """A file read flat out beside a microphone: the microphone never drops a window, and waits
+    at most for the batch in flight before its window is in the next one."""
+    delivered: dict[tuple[str, int], float] = {}
+    lock = threading.Lock()
+
+    def collect(result: Result) -> None:
+        with lock:
+            delivered[(result.source, result.window.seq)] = time.monotonic()
+
+    settings = loaded.settings.model_copy(update={"max_batch": 2})
+    worker = EngineWorker(settings, collect, inbox_size=2,
+                          engine_factory=lambda s: Engine(loaded.model, loaded.processor, s, loaded.placement)).start()
+    assert worker.wait_ready(60)
+    stop = threading.Event()
+
+    def flood() -> None:  # the file: blocks for room, never drops
+        seq = 0
+        while not stop.is_set():
+            if worker.submit(room_request("file", seq, live=False), drop_oldest=False, timeout=0.5):
+                seq += 1
+
+    feeder = threading.Thread(target=flood, daemon=True)
+    feeder.start()
+    submitted: dict[int, float] = {}
+    batch_ms: list[float] = []
+    try:
+        time.sleep(1.0)  # the file's backlog is there first
+        for seq in range(12):
+            submitted[seq] = time.monotonic()
+            assert worker.submit(room_request("mic", 1000 + seq), drop_oldest=True)
+            batch_ms.append(worker.stats.last_engine_ms)
+            time.sleep(0.25)
+        assert worker.wait_idle(30, source="mic")
+    finally:
+        stop.set()
+        feeder.join(5)
+        worker.stop(10)
+    assert worker.stats.skipped_by_source.get("mic", 0) == 0
+    slowest = max(batch_ms + [worker.stats.last_engine_ms]) / 1000
+    waits = [delivered[("mic", 1000 + seq)] - t for seq, t in submitted.items()]
+    # the batch in flight when it arrived, then its own batch (and a little scheduling slack)
+    assert max(waits) <= 2 * slowest + 0.25, (waits, slowest)
+    assert sum(1 for key in delivered if key[0] == "file") > 12  # the file was answered meanwhile too

@@ -1,4 +1,4 @@
-"""The publisher: the one owner of the MQTT connection.
+"""The publisher: the one owner of the MQTT connection, for every room of the daemon (see `room`).
 
 Delivery model (why it is built this way):
 
@@ -14,12 +14,8 @@ Delivery model (why it is built this way):
   by paho is always followed by the current one.
 - Scores and levels are low value: QoS 0, rate limited, and dropped (counted) while the broker is
   away or a backlog of events is draining.
-- An alarm sent without the outbox beats no alarm: when the outbox cannot store an event (disk
-  full, read-only file system, a damaged file that cannot be moved aside, or it cannot even be
-  opened at start), the event is sent from memory ("directly"): at most once, after the events
-  stored before it, and never stored later. The condition is logged when it starts and ends and
-  shown in the status; every new event (and the worker every few seconds, while the outbox is
-  not open) tries the outbox again, and once it works events go through it again.
+- An alarm sent without the outbox beats no alarm: when the outbox cannot store an event, it is
+  sent from memory ("directly"), at most once and in its place in line (`store.EventStore`).
 - After every (re)connect, events wait until Home Assistant announces itself (its birth message
   `{discovery prefix}/status` = `online`) or `birth_timeout` passes. A hub that subscribes with a
   clean session (Home Assistant does) and reconnects a moment after the monitor would otherwise
@@ -35,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import json
 import logging
 import sys
@@ -52,8 +47,8 @@ from monitor import __version__
 from monitor.events import Event
 from monitor.publish.client import describe_connect_error, describe_refusal, make_client
 from monitor.publish.discovery import EntitySpec
-from monitor.publish.outbox import Outbox, OutboxError, Row
 from monitor.publish.room import RoomChannel
+from monitor.publish.store import EventStore, Route, Waiting
 from monitor.publish.settings import MqttSettings
 from monitor.publish.topics import Topics
 
@@ -75,18 +70,6 @@ _paho_log.addFilter(_QuietReconnects())
 
 _RELOAD_WORDS = {"", "PRESS", "RELOAD", "ON", "1", "TRUE"}
 _MAX_COMMAND_BYTES = 64
-_REOPEN_EVERY = 5.0  # seconds between the worker's attempts to open an outbox that could not be opened
-
-Route = Literal["outbox", "direct"]
-
-
-@dataclass(frozen=True)
-class _Direct:
-    """An event the outbox could not store, waiting in memory for its turn."""
-
-    after_seq: int  # the highest outbox number when it arrived: rows up to it are older and go first
-    topic: str
-    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -130,22 +113,12 @@ class Publisher:
         self.on_command = on_command
         self.client_id = settings.client_id or f"audio-monitor-{node_id}"
         self._client = make_client(settings, self.client_id, self.topics.status)
-        self._outbox: Outbox | None = None  # None while it cannot be opened (events go directly)
-        self._outbox_lock = threading.Lock()  # one attempt to open it at a time; closing
-        self._outbox_problem: str | None = None  # why events cannot be stored now; None while they can
-        self._problem_lock = threading.Lock()
-        self._last_open_try = 0.0
-        self._last_stored = 0  # the highest outbox number so far: the place of a direct event among rows
-        self._closed = False
         self._last_status: dict[str, Any] | None = None  # sent again with the new condition when it changes
         self.node = RoomChannel(self, node_id, node_name, "single" if rooms is None else "daemon")
         self.rooms: dict[str, RoomChannel] = {node_id: self.node} if rooms is None else {
             room_id: RoomChannel(self, room_id, name, "room") for room_id, name in rooms}
 
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()  # paho/daemon -> worker
-        self._direct: collections.deque[_Direct] = collections.deque()  # daemon -> worker
-        self._direct_queued = 0  # events sent directly so far (written by the daemon's thread)
-        self._direct_done = 0  # of those, acknowledged or given up (written by the worker)
         self._flushing = False  # stop() is sending what it can: nothing is held back any more
         self._wake = threading.Event()
         self._drained = threading.Condition()
@@ -158,11 +131,9 @@ class Publisher:
         # owned by the worker thread
         self._inflight: dict[int, _Sent] = {}  # paho mid -> what it carries
         self._inflight_events = 0
-        self._last_handed = 0
         self._await_gate = False
         self._hold_until: float | None = None  # events wait for Home Assistant until then (monotonic)
         self._replay: collections.deque[_Sent] = collections.deque()  # paho's re-sends, to send again after the hold
-        self._unreadable = False  # the worker could not read the outbox: store nothing new in it
 
         # read anywhere, written by the worker / paho callbacks
         self._connected = False
@@ -185,7 +156,8 @@ class Publisher:
         c.on_message = self._on_message
         c.enable_logger(_paho_log)
         self._retained[self.topics.mute_state] = b"OFF"
-        self._open_outbox()  # when it cannot be opened the publisher still starts, publishing directly
+        # when the outbox cannot be opened the publisher still starts, publishing directly
+        self.store = EventStore(self.state_dir / "outbox.sqlite3", settings.outbox, on_change=self._republish_status)
 
     # ------------------------------------------------------------------ public API
 
@@ -197,29 +169,27 @@ class Publisher:
     @property
     def outbox_depth(self) -> int:
         """Events in the outbox waiting for the broker's acknowledgement (sent or not)."""
-        box = self._outbox
-        return box.depth if box is not None else 0
+        return self.store.depth
 
     @property
     def direct_waiting(self) -> int:
         """Events published directly (not stored) that the broker has not acknowledged yet."""
-        return self._direct_queued - self._direct_done
+        return self.store.direct_waiting
 
     @property
     def outbox_ok(self) -> bool:
         """False while the outbox cannot store events (they are published directly meanwhile)."""
-        return self._outbox_problem is None
+        return self.store.ok
 
     @property
     def outbox_problem(self) -> str | None:
         """Why the outbox cannot store events now (None while it can)."""
-        return self._outbox_problem
+        return self.store.problem
 
     @property
     def stats(self) -> PublisherStats:
-        box = self._outbox
-        return PublisherStats(self._published, self._dropped_low, self._rate_limited, box.dropped if box is not None else 0,
-                              self._connects, self._connect_failures, self._ignored_commands, self._direct_queued)
+        return PublisherStats(self._published, self._dropped_low, self._rate_limited, self.store.dropped,
+                              self._connects, self._connect_failures, self._ignored_commands, self.store.direct_events)
 
     def start(self) -> None:
         """Connect in the background (retrying with capped backoff) and start sending."""
@@ -242,12 +212,12 @@ class Publisher:
             return
         if not self._started:
             self._stopping = True
-            self._close_outbox()
+            self.store.close()
             return
         deadline = time.monotonic() + timeout
         self._flushing = True  # the worker ends any hold: what the broker takes now is better than nothing
         with self._drained:
-            while self._waiting() and self._connected and time.monotonic() < deadline:
+            while self.store.waiting and self._connected and time.monotonic() < deadline:
                 self._wake.set()
                 self._drained.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         self._stopping = True
@@ -266,7 +236,7 @@ class Publisher:
         self._client.loop_stop()
         self._connected = self._ready = False
         left, lost = self.outbox_depth, self.direct_waiting
-        self._close_outbox()
+        self.store.close()
         if left:
             log.warning("mqtt: stopped with %d event(s) not yet acknowledged; they are kept in %s and sent at the next start",
                         left, self.state_dir / "outbox.sqlite3")
@@ -297,22 +267,13 @@ class Publisher:
         it: at most once, and lost if the process ends before the broker has it. Raises
         OutboxError only after stop().
         """
-        if self._closed:
-            raise OutboxError(f"the publisher is stopped; event {event.id} was not sent")
-        route: Route = "outbox" if self._store(topic, payload, event) else "direct"
-        if route == "direct":
-            self._direct_queued += 1  # counted first: the worker may send and count its acknowledgement at once
-            self._direct.append(_Direct(self._last_stored, topic, payload))
+        route = self.store.add(topic, payload, event.id, event.clip)
         self._notify("event")
         return route
 
     def pending_clips(self) -> set[str]:
         """Clip paths of events not yet acknowledged: clip retention must not delete them."""
-        box = self._outbox
-        try:
-            return box.clips() if box is not None else set()
-        except OutboxError:
-            return set()
+        return self.store.pending_clips()
 
     # The node's own room (a one-microphone monitor): see RoomChannel.
     def publish_state(self, rule_id: str, on: bool) -> None:
@@ -335,7 +296,7 @@ class Publisher:
         that at once rather than at the next status.
         """
         self._last_status = status
-        problem = self._outbox_problem
+        problem = self.store.problem
         body = {"version": __version__, **status,
                 "publisher": {"outbox_depth": self.outbox_depth, "outbox_ok": problem is None, "outbox_problem": problem,
                               "direct_waiting": self.direct_waiting, **dataclasses.asdict(self.stats)}}
@@ -363,72 +324,9 @@ class Publisher:
 
     # ------------------------------------------------------------------ daemon-side helpers
 
-    def _store(self, topic: str, payload: bytes, event: Event) -> bool:
-        """Write an event to the outbox; False (the problem noted) when it cannot."""
-        box = self._open_outbox()
-        if box is None or self._unreadable:
-            return False
-        try:
-            self._last_stored = box.add(topic, payload, event.id, event.clip)
-        except OutboxError as exc:
-            self._outbox_failed(str(exc))
-            return False
-        if self._outbox_problem is not None:
-            self._outbox_works(box)
-        return True
-
-    def _open_outbox(self) -> Outbox | None:
-        """The outbox; if it could not be opened before, try again now. None while it cannot be."""
-        box = self._outbox
-        if box is not None or self._closed:
-            return box
-        with self._outbox_lock:
-            if self._outbox is None and not self._closed:
-                self._last_open_try = time.monotonic()
-                try:
-                    box = Outbox(self.state_dir / "outbox.sqlite3", self.settings.outbox.max_events,
-                                 self.settings.outbox.fsync)
-                except OutboxError as exc:
-                    self._outbox_failed(str(exc))
-                    return None
-                self._last_stored = max(self._last_stored, box.last_seq)
-                self._outbox = box
-                self._notify("event")  # it may hold events from before
-            return self._outbox
-
-    def _close_outbox(self) -> None:
-        with self._outbox_lock:
-            self._closed = True
-            if self._outbox is not None:
-                self._outbox.close()
-
-    def _outbox_failed(self, reason: str) -> None:
-        """Events cannot be stored now: log it when that starts (not for every event), update the status."""
-        with self._problem_lock:
-            started = self._outbox_problem is None
-            self._outbox_problem = reason
-        if not started:
-            log.debug("outbox still cannot write: %s", reason)
-            return
-        log.error("outbox cannot write (%s); publishing directly: events still go out in order, but one is lost "
-                  "if the monitor stops before the broker has it", reason)
-        self._republish_status()
-
-    def _outbox_works(self, box: Outbox) -> None:
-        with self._problem_lock:
-            was = self._outbox_problem
-            self._outbox_problem = None
-        if was is not None:
-            log.info("outbox writable again (%s); events are stored before sending again", box.path)
-            self._republish_status()
-
     def _republish_status(self) -> None:
         if self._last_status is not None:
             self.publish_status(self._last_status)
-
-    def _waiting(self) -> int:
-        """Events not acknowledged yet, stored or not."""
-        return self.outbox_depth + self.direct_waiting
 
     def publish_low(self, topic: str, interval: float, make: Callable[[], bytes]) -> None:
         now = time.monotonic()
@@ -436,7 +334,7 @@ class Publisher:
         if last is not None and now - last < interval:
             self._rate_limited += 1
             return
-        if not self._ready or self._waiting() > self.settings.outbox.max_inflight:
+        if not self._ready or self.store.waiting > self.settings.outbox.max_inflight:
             self._dropped_low += 1
             return
         self._last_low[topic] = now
@@ -457,7 +355,7 @@ class Publisher:
         self._connects += 1
         if self._last_problem is not None or self._failures_since_connect:
             log.info("mqtt: connected to %s:%d (after %d failed attempt(s)); %d event(s) waiting",
-                     self.settings.host, self.settings.port, self._failures_since_connect, self._waiting())
+                     self.settings.host, self.settings.port, self._failures_since_connect, self.store.waiting)
         else:
             log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
         self._last_problem = None
@@ -549,7 +447,7 @@ class Publisher:
         return 1.0 if until is None else min(1.0, max(0.01, until - time.monotonic()))
 
     def _step(self) -> None:
-        acked: list[int] = []
+        acked: list[Waiting] = []
         events_acked = 0
         while True:
             try:
@@ -585,9 +483,7 @@ class Publisher:
                     log.info("mqtt: Home Assistant came online; sending discovery and states again")
                     self._send_all_retained()
         if acked:
-            box = self._outbox
-            if box is not None:
-                box.remove(acked)
+            self.store.acknowledged(acked)
         if events_acked:
             with self._drained:
                 self._drained.notify_all()
@@ -595,20 +491,16 @@ class Publisher:
         if self._ready and self._hold_until is None:
             self._pump()
 
-    def _acknowledged(self, sent: _Sent, rows: list[int]) -> None:
+    def _acknowledged(self, sent: _Sent, done: list[Waiting]) -> None:
         self._inflight_events -= 1
-        if sent.kind == "row" and sent.seq is not None:
-            rows.append(sent.seq)
-            self._published += 1
-        elif sent.kind == "direct":
-            self._direct_done += 1
+        if sent.kind in ("row", "direct"):
+            done.append(Waiting(sent.kind, sent.seq, sent.topic, sent.payload))  # type: ignore[arg-type]
             self._published += 1
 
     def _timers(self) -> None:
         """Open an outbox that could not be opened (every few seconds); end the hold after a reconnect."""
         now = time.monotonic()
-        if self._outbox is None and now - self._last_open_try >= _REOPEN_EVERY:
-            self._open_outbox()
+        self.store.retry()
         if self._hold_until is None:
             return
         if self._flushing:
@@ -630,7 +522,7 @@ class Publisher:
         if self._hold_until is None:
             return
         self._hold_until = None
-        waiting = self._waiting()
+        waiting = self.store.waiting
         log.log(logging.INFO if waiting else logging.DEBUG, "mqtt: %s; sending %d waiting event(s)", why, waiting)
 
     def _become_ready(self) -> None:
@@ -661,36 +553,8 @@ class Publisher:
             room -= 1
         if room <= 0:
             return
-        # Count the direct events before reading rows: every row older than one of these was
-        # committed before it was queued, so it is among the rows read now (or handed already).
-        direct = list(itertools.islice(self._direct, room))
-        rows = collections.deque(self._unsent_rows(room))
-        for _ in range(room):
-            if direct and (not rows or direct[0].after_seq < rows[0].seq):
-                event = direct.pop(0)
-                self._direct.popleft()
-                self._send(event.topic, event.payload, _Sent("direct", None, event.topic, event.payload))
-            elif rows:
-                row = rows.popleft()
-                self._send(row.topic, row.payload, _Sent("row", row.seq, row.topic, row.payload))
-                self._last_handed = row.seq
-            else:
-                break
-
-    def _unsent_rows(self, limit: int) -> list[Row]:
-        """Outbox rows not handed to paho yet; none while the outbox is not open or cannot be read."""
-        box = self._outbox
-        if box is None:
-            return []
-        try:
-            rows = box.after(self._last_handed, limit)
-        except OutboxError as exc:
-            # new events go directly meanwhile, so none is stored where it cannot be read back
-            self._unreadable = True
-            self._outbox_failed(str(exc))
-            return []
-        self._unreadable = False
-        return rows
+        for w in self.store.take(room):
+            self._send(w.topic, w.payload, _Sent(w.kind, w.seq, w.topic, w.payload))
 
     def _send(self, topic: str, payload: bytes, sent: _Sent) -> None:
         info = self._client.publish(topic, payload, qos=self.settings.qos, retain=sent.kind == "retained")

@@ -21,7 +21,8 @@ from monitor.publish.discovery import SENSOR_TEXT_MAX, ComponentMemory, EntitySp
 from monitor.publish.topics import Topics
 
 if TYPE_CHECKING:
-    from monitor.publish.publisher import Publisher, Route
+    from monitor.publish.publisher import Publisher
+    from monitor.publish.store import Route
 
 
 class RoomChannel:
