@@ -59,14 +59,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     from monitor.rules import load_rules  # noqa: PLC0415 (an ImportError is a bug: let it surface, never skip the rules)
 
     config = load_config_or_exit(args.config, args.overrides)
-    try:
-        ruleset = load_rules(config.rules)
-    except ValidationFailed as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    counts: dict[Path, int] = {}
+    failed = False
+    for room in config.rooms:  # every room's rules (rooms may share one path: read it once)
+        if room.rules in counts:
+            continue
+        try:
+            counts[room.rules] = len(load_rules(room.rules).rules)
+        except ValidationFailed as exc:
+            counts[room.rules] = 0
+            failed = True
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+    if failed:
         return 1
     src = args.config or "defaults"
-    print(f"{src}: OK (node {config.node_id}, {len(ruleset.rules)} rule(s) from {config.rules})")
+    if config.multi_room:
+        rooms = ", ".join(f"{r.id} ({counts[r.rules]} rule(s))" for r in config.rooms)
+        print(f"{src}: OK (node {config.node_id}, {len(config.rooms)} rooms: {rooms})")
+    else:
+        print(f"{src}: OK (node {config.node_id}, {counts[config.rules]} rule(s) from {config.rules})")
     return 0
 
 

@@ -129,7 +129,7 @@ def test_environment_expansion(tmp_path, monkeypatch):
 
 
 def test_source_must_be_mic_or_file(tmp_path):
-    with pytest.raises(ValidationFailed, match=r":2: audio.source: must be `mic` or `file:PATH`"):
+    with pytest.raises(ValidationFailed, match=r":2: audio.source: must be `mic`, `file:PATH` or a stream URL"):
         load_config(write(tmp_path, "audio:\n  source: microphone\n"))
 
 

@@ -60,14 +60,17 @@ def _events(sub, room: str) -> list[dict]:
     return events_of(sub.messages, node=room)
 
 
-def _hearing(sub, room: str, capture: str, after: int = 0, timeout: float = 30.0) -> int:
+def _hearing(sub, room: str, capture: str, after: int = 0, timeout: float = 30.0, reason: str | None = "any") -> int:
+    """Index of the first message on the room's hearing topic with this capture (and reason) after `after`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for i, (t, p, _) in enumerate(list(sub.messages)[after:], start=after):
-            if t == f"am/{room}/hearing" and json.loads(p)["capture"] == capture:
-                return i
+            if t == f"am/{room}/hearing":
+                body = json.loads(p)
+                if body["capture"] == capture and (reason == "any" or body["reason"] == reason):
+                    return i
         time.sleep(0.05)
-    raise TimeoutError(f"{room}: no hearing message with capture={capture}")
+    raise TimeoutError(f"{room}: no hearing message with capture={capture} reason={reason}")
 
 
 # ---------------------------------------------------------------------------- config
@@ -98,6 +101,14 @@ def test_sources_validate_every_room_and_refuse_a_shared_device(tmp_path: Path) 
     with pytest.raises(ValidationFailed) as exc:
         load_config(config)
     assert str(exc.value.problems[0]).startswith(f"{config}:3: sources.Bad-Id: a source id is 1-64 of a-z 0-9 _")
+
+
+def test_check_names_every_room(capsys) -> None:
+    from monitor.cli import main
+
+    config = Path(__file__).parent.parent / "configs" / "home.yaml"
+    assert main(["check", "-c", str(config)]) == 0
+    assert "3 rooms: kitchen (11 rule(s)), nursery (11 rule(s)), porch (11 rule(s))" in capsys.readouterr().out
 
 
 def test_the_single_audio_section_is_one_room_named_by_node_id(tmp_path: Path) -> None:
@@ -167,6 +178,23 @@ def test_two_microphones_and_a_camera_in_one_daemon(broker, subscriber_factory, 
         time.sleep(max(0.0, 20 - (time.monotonic() - killed)))
         camera.start()
         _hearing(sub, "porch", "ok", after=lost, timeout=45)  # within the backoff cap (30 s) and a reconnect
+        # mute: the whole home from the daemon's switch, then one room from its own
+        n = len(sub.messages)
+        sub.client.publish("am/home/set/mute", b"ON", qos=1).wait_for_publish(5)
+        for room in ("kitchen", "nursery", "porch"):
+            _hearing(sub, room, "ok", after=n, reason="muted", timeout=15)
+        sub.wait_for(lambda t, p, r: t == "am/home/mute" and p == b"ON")
+        n = len(sub.messages)
+        sub.client.publish("am/home/set/mute", b"OFF", qos=1).wait_for_publish(5)
+        for room in ("kitchen", "nursery", "porch"):
+            _hearing(sub, room, "ok", after=n, reason=None, timeout=15)
+        n = len(sub.messages)
+        sub.client.publish("am/kitchen/set/mute", b"ON", qos=1).wait_for_publish(5)
+        _hearing(sub, "kitchen", "ok", after=n, reason="muted", timeout=15)
+        sub.wait_for(lambda t, p, r: t == "am/kitchen/mute" and p == b"ON")
+        info = json.loads(sub.wait_for(lambda t, p, r: t == "am/home/info" and b'"muted"' in p, timeout=15)[1])
+        assert {room: s["state"] for room, s in info["rooms"].items()} == {
+            "kitchen": "muted", "nursery": "listening", "porch": "listening"}
         port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", daemon.wait_log("metrics on")).group(1)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         for room in ("kitchen", "nursery", "porch"):
