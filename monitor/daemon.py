@@ -274,7 +274,7 @@ class Daemon:
         assert self.worker is not None
         cfg = self.config
         self.notifier.status("loading the model")
-        log.info("loading model %s", cfg.model.path or cfg.model.id)
+        log.info("loading model %s", _model_name(cfg))
         self.worker.start()
         if not self.worker.wait_ready():  # the engine thread has logged the one line saying what to do
             return 1
@@ -626,6 +626,16 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - the outbox and `offline` matter more than a tidy exit
                 self._survive(f"stopping {what}", exc)
         log.info("stopped")
+
+
+def _model_name(config: Config) -> str:
+    """The model as a log line may name it: a served one by name and redacted address."""
+    model = config.model
+    if model.backend == "openai":
+        from monitor.audio.redact import redact_url
+
+        return f"{model.name} served at {redact_url(str(model.url))}"
+    return str(model.path or model.id)
 
 
 def run_daemon(config: Config) -> int:

@@ -21,7 +21,13 @@ def _local(settings: ModelSettings) -> Backend:
     return Engine.load(settings)
 
 
-BACKENDS: dict[str, Loader] = {"local": _local}
+def _openai(settings: ModelSettings) -> Backend:
+    from monitor.engine.served import ServedModel  # httpx; never torch or transformers
+
+    return ServedModel.load(settings)
+
+
+BACKENDS: dict[str, Loader] = {"local": _local, "openai": _openai}
 
 
 def load_backend(settings: ModelSettings) -> Backend:

@@ -60,6 +60,7 @@ class _YesNoState:
     score: Score | None = None  # the latest answer
     asked_at: float | None = None  # wall time of the window the latest answer is about
     active: bool | None = None  # in schedule at the last window
+    unanswered: int = 0  # windows asked about that came back without this rule's score
 
 
 @dataclass
@@ -193,7 +194,10 @@ class RuleEngine:
         if rule.gate.passes(window.dbfs, window.speech_ratio):
             score = result.scores.get(rule.id)
             if score is None:
-                log.warning("rule %s: asked but no score came back for window %d; state unchanged", rule.id, window.seq)
+                state.unanswered += 1  # a served model may answer neither yes nor no: say so, not every window
+                level = logging.WARNING if state.unanswered in (1, 10, 100) or state.unanswered % 1000 == 0 else logging.DEBUG
+                log.log(level, "rule %s: asked but no score came back for window %d (%d time(s)); state unchanged",
+                        rule.id, window.seq, state.unanswered)
                 return None
             state.score, state.asked_at = score, t
         value = None if score is None else (score.lift if rule.use == "lift" else score.score)

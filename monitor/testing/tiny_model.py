@@ -10,7 +10,7 @@ config — built offline:
   split into words the way they would with the real tokenizer;
 - the audio encoder takes the real 30-second input (3000 mel frames, 1500 positions).
 
-    python -m monitor.testing.tiny_model OUT_DIR --size tiny|small|full
+    python -m monitor.testing.tiny_model OUT_DIR --size tiny|served|small|full
 """
 
 from __future__ import annotations
@@ -144,13 +144,20 @@ def build_tokenizer(vocab_size: int = 4096) -> Any:
     )
 
 
-# Sizes: `tiny` for unit tests (runs in milliseconds), `small` for CPU benchmarks (Qwen2-Audio's
-# proportions: 128-dim attention heads, MLP 2.69x hidden, no GQA, 30-second encoder), `full` is
-# the published Qwen2-Audio-7B architecture (for a GPU; ~8.4B parameters).
+# Sizes: `tiny` for unit tests (runs in milliseconds), `served` as tiny but with 32-dim attention
+# heads (vLLM's CPU attention backend takes head sizes 32, 64, 80, ... only: a 16-dim model starts
+# but dies on its first request), `small` for CPU benchmarks (Qwen2-Audio's proportions: 128-dim
+# attention heads, MLP 2.69x hidden, no GQA, 30-second encoder), `full` is the published
+# Qwen2-Audio-7B architecture (for a GPU; ~8.4B parameters).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "audio": dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64),
         "text": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2),
+    },
+    "served": {
+        "audio": dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128),
+        "text": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2),
     },
     "small": {

@@ -1,0 +1,451 @@
+"""The `openai` backend: the standing questions asked of a model served elsewhere (vLLM), over HTTP.
+
+A small board (a satellite) captures and decides rules; a GPU box runs the model behind an
+OpenAI-compatible API. Nothing here imports torch or transformers: the audio goes out as a WAV
+written with numpy/soundfile, the answers come back as JSON.
+
+Yes/no questions mean what they mean with the local engine: score = P(yes) / (P(yes) + P(no)),
+each side summed over every token of the served tokenizer that reads "yes" / "no" ("Yes",
+" yes", "YES", ...; found once at start through the server's /tokenize). One chat completion per
+question, `max_tokens: 1`, `temperature: 0`, the window's audio *before* the question, so that
+the server's prefix cache shares the audio between the questions of a window.
+
+- exact: the request restricts the answer to those tokens (`allowed_token_ids`) and asks for
+  all of their logprobs; a vLLM started with `--logprobs-mode processed_logprobs` returns them
+  renormalised over the allowed tokens, which is the score exactly. The mass P(yes) + P(no) over
+  the whole vocabulary is not returned that way: `Score.mass` is None.
+- top (fallback, probed once at start when exact is unavailable): the plain top-K logprobs (K up
+  to the server's maximum); the yes/no tokens among them give the score and the mass. A question
+  whose top K answers hold neither yes nor no is *unknown*: its key is left out of the Result
+  (the rule engine then leaves that rule's state unchanged) and counted, never a score of 0.
+
+All questions of a batch of windows, of all rooms, go out at once (up to `model.concurrency` in
+flight): the server batches them. A window fails alone — its Result carries the error — when
+any of its requests fails or the batch's `model.timeout` runs out; a server that is away makes
+requests fail at once for a short, growing pause (see `served_client.Backoff`), so capture never
+waits on it and answers resume by themselves when it is back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitor.engine.api import Request, Result, Score, Transcript
+from monitor.engine.loading import ModelLoadError
+from monitor.engine.served_client import ServedClient, ServerError
+from monitor.engine.settings import ModelSettings
+from monitor.engine.wav import wav_base64
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000  # what Qwen2-Audio's feature extractor takes; silence for calibration is made at it
+LOAD_TIMEOUT = 120.0  # seconds per request at start: a fresh vLLM warms up on its first requests
+PROBE_QUESTION = "Answer yes or no."
+PROBE_SECONDS = 1.0
+TOP_K_ASK = 100  # fallback: the most top answers asked for; a server allowing fewer says how many
+RENORMALISED = 1e-3  # exact mode: the allowed tokens' probabilities must sum to 1 within this
+WORDS = ("yes", "no")
+# What may come before the word inside one token and still read as the bare word once stripped
+# (the local engine's rule: the token's text, stripped and lower-cased, is "yes" or "no").
+PREFIXES = ("", " ", "\t", "\u00a0", "\u3000")
+TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
+MAX_ALLOWED = re.compile(r"max allowed: (\d+)")
+
+
+def casings(word: str) -> list[str]:
+    """Every upper/lower-case spelling of a word: yes, yeS, ..., YES."""
+    return sorted({"".join(chars) for chars in itertools.product(*[(c.lower(), c.upper()) for c in word])})
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(math.fsum(math.exp(v - top) for v in values))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How yes/no questions are asked of this server (probed once at start)."""
+
+    mode: str  # "exact" (allowed_token_ids, renormalised) or "top" (plain top-K)
+    k: int  # top_logprobs asked for
+    token_ids: bool  # the server names tokens by id (vLLM's return_tokens_as_token_ids)
+
+
+class ServedModel:
+    """A `Backend` answering through an OpenAI-compatible server; one owner thread, a pool of HTTP threads."""
+
+    def __init__(self, settings: ModelSettings, client: ServedClient, yes: Sequence[int], no: Sequence[int],
+                 scoring: Scoring):
+        self.settings = settings
+        self.client = client
+        self.max_batch = settings.max_batch
+        self.yes_ids = frozenset(yes)
+        self.no_ids = frozenset(no)
+        self.allowed = sorted(self.yes_ids | self.no_ids)
+        self.scoring = scoring
+        self.pool = cf.ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="served")
+        self.baselines: dict[str, float] = {}
+        self.calibration_seconds: float | None = None
+        self.calibrated = 0
+        self.failures = 0  # windows whose Result carries an error
+        self.unknown = 0  # answers holding neither yes nor no (fallback scoring only)
+
+    # ------------------------------------------------------------------ construction
+
+    @property
+    def name(self) -> str:
+        return f"{self.settings.name} at {self.client.where}"
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> ServedModel:
+        """Connect, check the served name, find the yes/no tokens, probe how to score.
+
+        Raises ModelLoadError (one line) when the server cannot be reached or does not serve `model.name`.
+        """
+        started = time.monotonic()
+        client = ServedClient(settings)
+        pool = cf.ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="served-load")
+        try:
+            _check_served(client, settings)
+            ids = _answer_ids(client, settings, pool)
+            model = cls(settings, client, *(ids or ([], [])), Scoring("top", TOP_K_ASK, False))
+            model.scoring = model._probe(has_ids=ids is not None)
+        except ServerError as exc:  # an answer the probes did not expect
+            client.close()
+            raise ModelLoadError(f"model.name {settings.name} at {client.where}: {exc}") from None
+        except BaseException:
+            client.close()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        yes_no = (f"{len(model.yes_ids)} yes / {len(model.no_ids)} no answer tokens" if ids is not None
+                  else "answer tokens matched by their text (the server has no /tokenize)")
+        how = ("exact (renormalised over the yes/no tokens)" if model.scoring.mode == "exact"
+               else f"from the top {model.scoring.k} answers (approximate; see docs/served.md)")
+        log.info("model %s ready in %.1fs: yes/no scores %s, %s; %d requests in flight, up to %d windows per batch",
+                 model.name, time.monotonic() - started, how, yes_no, settings.concurrency, model.max_batch)
+        return model
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    def _probe(self, has_ids: bool) -> Scoring:
+        """Exact scoring where the server allows it, else the largest top-K it allows."""
+        audio = wav_base64(np.zeros(int(PROBE_SECONDS * SAMPLE_RATE), dtype=np.float32), SAMPLE_RATE)
+        if has_ids:
+            exact = Scoring("exact", len(self.allowed), True)
+            try:
+                answer = self.client.post("/v1/chat/completions", self._yes_no_body(audio, PROBE_QUESTION, exact),
+                                          timeout=LOAD_TIMEOUT, guard=False)
+            except ServerError as exc:
+                self._load_failure(exc)
+                log.warning("model %s: exact yes/no scores are unavailable (%s); scoring from the top answers instead "
+                            "(start vLLM with --max-logprobs %d or more)", self.name, exc, len(self.allowed))
+            else:
+                if self._renormalised(answer):
+                    return exact
+                log.warning("model %s: the server does not renormalise logprobs over the allowed tokens; scoring from "
+                            "the top answers instead (start vLLM with --logprobs-mode processed_logprobs for exact "
+                            "scores)", self.name)
+        scoring = Scoring("top", TOP_K_ASK, has_ids)
+        for _ in range(4):
+            try:
+                self.client.post("/v1/chat/completions", self._yes_no_body(audio, PROBE_QUESTION, scoring),
+                                 timeout=LOAD_TIMEOUT, guard=False)
+                return scoring
+            except ServerError as exc:
+                self._load_failure(exc)
+                text = str(exc)
+                most = MAX_ALLOWED.search(text)
+                if most and 0 < int(most.group(1)) < scoring.k:
+                    scoring = Scoring("top", int(most.group(1)), scoring.token_ids)
+                elif scoring.token_ids and "return_tokens_as_token_ids" in text:
+                    scoring = Scoring("top", scoring.k, False)
+                elif scoring.k > 20:
+                    scoring = Scoring("top", 20, scoring.token_ids)
+                else:
+                    break
+        raise ModelLoadError(f"model.name {self.settings.name} at {self.client.where} gives no logprobs for a yes/no "
+                             "question with audio (start vLLM as docs/served.md shows)")
+
+    def _load_failure(self, exc: ServerError) -> None:
+        """Raise ModelLoadError for a probe failure that no other way of asking would avoid."""
+        text = str(exc)
+        if "prompt replacement" in text:
+            raise ModelLoadError(f"model {self.name} cannot place the audio in the prompt ({text}): start vLLM with "
+                                 "--chat-template-content-format string") from None
+        if "audio" in text.lower() and ("not support" in text.lower() or "modalit" in text.lower()):
+            raise ModelLoadError(f"model {self.name} does not take audio ({text}): serve an audio-language model "
+                                 "such as Qwen/Qwen2-Audio-7B-Instruct") from None
+        if exc.server:
+            raise ModelLoadError(f"model {self.name} failed its first question ({text}): see the server's log") from None
+
+    def _renormalised(self, answer: Any) -> bool:
+        entries = _top_logprobs(answer)
+        ids = [self._token_id(str(e.get("token", ""))) for e in entries]
+        if not entries or any(i not in self.yes_ids and i not in self.no_ids for i in ids):
+            return False
+        total = math.fsum(math.exp(float(e["logprob"])) for e in entries if e.get("logprob") is not None)
+        return abs(total - 1.0) < RENORMALISED
+
+    # ------------------------------------------------------------------ one request
+
+    def _messages(self, audio: str, prompt: str) -> list[dict[str, Any]]:
+        """The audio first, then the question: the audio prefix is shared by every question of a window."""
+        messages: list[dict[str, Any]] = []
+        if self.settings.system_prompt is not None:
+            messages.append({"role": "system", "content": self.settings.system_prompt})
+        messages.append({"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+            {"type": "text", "text": prompt},
+        ]})
+        return messages
+
+    def _yes_no_body(self, audio: str, prompt: str, scoring: Scoring) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.settings.name, "messages": self._messages(audio, prompt),
+                                "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": scoring.k}
+        if scoring.mode == "exact":
+            body["allowed_token_ids"] = self.allowed
+        if scoring.token_ids:
+            body["return_tokens_as_token_ids"] = True
+        return body
+
+    @staticmethod
+    def _token_id(token: str) -> int | None:
+        match = TOKEN_ID.match(token)
+        return int(match.group(1)) if match else None
+
+    def _side(self, token: str) -> str | None:
+        """"yes", "no" or None for one returned token (by id where the server gives ids, else by its text)."""
+        index = self._token_id(token)
+        if index is not None:
+            return "yes" if index in self.yes_ids else "no" if index in self.no_ids else None
+        text = token.strip().lower()
+        return text if text in WORDS else None
+
+    def _score_one(self, audio: str, prompt: str, deadline: float) -> tuple[float, float | None] | None:
+        """(score, mass) of one question, or None when the answer holds neither yes nor no."""
+        answer = self._post(self._yes_no_body(audio, prompt, self.scoring), deadline)
+        seen: set[str] = set()
+        sides: dict[str, list[float]] = {"yes": [], "no": []}
+        for entry in _top_logprobs(answer):
+            token, logprob = str(entry.get("token", "")), entry.get("logprob")
+            side = self._side(token)
+            if side is None or logprob is None or token in seen:
+                continue
+            seen.add(token)
+            sides[side].append(float(logprob))
+        if not sides["yes"] and not sides["no"]:
+            return None
+        yes, no = _logsumexp(sides["yes"]), _logsumexp(sides["no"])
+        if yes == -math.inf or no == -math.inf:
+            score = 0.0 if yes == -math.inf else 1.0
+        else:
+            score = 1.0 / (1.0 + math.exp(min(700.0, no - yes)))
+        mass = None if self.scoring.mode == "exact" else min(1.0, math.exp(_logsumexp([yes, no])))
+        return score, mass
+
+    def _text_one(self, audio: str, prompt: str, max_tokens: int, deadline: float) -> str:
+        body = {"model": self.settings.name, "messages": self._messages(audio, prompt), "max_tokens": max_tokens,
+                "temperature": 0}
+        answer = self._post(body, deadline)
+        try:
+            return str(answer["choices"][0]["message"]["content"] or "").strip()
+        except (KeyError, IndexError, TypeError):
+            raise ServerError(f"{self.client.where} answered a text question without a message", server=False) from None
+
+    def _post(self, body: dict[str, Any], deadline: float) -> Any:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ServerError(f"no answer within model.timeout ({self.settings.timeout:g}s)", server=False)
+        return self.client.post("/v1/chat/completions", body, timeout=left)
+
+    # ------------------------------------------------------------------ calibration
+
+    def calibrate(self, prompts: Iterable[str], seconds: float | None = None) -> dict[str, float]:
+        """Baselines (score on silence) of the prompts, computing only those not known yet; a new length recomputes all."""
+        prompts = list(dict.fromkeys(prompts))
+        pending = self._calibration(prompts, seconds, time.monotonic() + max(self.settings.timeout, LOAD_TIMEOUT))
+        for prompt, future in pending.items():
+            self._keep_baseline(prompt, future.result())  # raises ServerError: the caller decides what fails
+        return {p: self.baselines[p] for p in prompts}
+
+    def _calibration(self, prompts: Iterable[str], seconds: float | None, deadline: float) -> dict[str, cf.Future]:
+        """The prompts not calibrated yet, each asked about silence (in flight, beside the windows' questions)."""
+        if seconds is not None and seconds != self.calibration_seconds:
+            if self.baselines:
+                log.info("window length changed to %gs: recalibrating %d question(s)", seconds, len(self.baselines))
+            self.baselines.clear()
+            self.calibration_seconds = float(seconds)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.baselines]
+        if not missing:
+            return {}
+        length = self.calibration_seconds or 8.0
+        silence = wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
+        return {p: self.pool.submit(self._score_one, silence, p, deadline) for p in missing}
+
+    def _keep_baseline(self, prompt: str, got: tuple[float, float | None] | None) -> None:
+        if got is None:
+            log.warning("question %r: on %gs of silence the server's top %d answers hold neither yes nor no; its "
+                        "baseline is taken as 0.5 (start vLLM as docs/served.md shows for exact scores)",
+                        prompt, self.calibration_seconds or 8.0, self.scoring.k)
+        self.baselines[prompt] = 0.5 if got is None else got[0]
+        self.calibrated += 1
+        log.debug("baseline %.4f on %gs of silence: %s", self.baselines[prompt], self.calibration_seconds or 8.0, prompt)
+
+    # ------------------------------------------------------------------ requests (the Backend calls)
+
+    def answer(self, requests: Sequence[Request]) -> list[Result]:
+        """One Result per request, in order; every question of every window in flight together.
+
+        Never raises for a failure of the server: each window whose questions (or their
+        baselines, for questions new since the last calibration) could not all be answered
+        within `model.timeout` carries the error in its Result; the other windows their answers.
+        """
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.timeout
+        asking = [r for r in requests if r.questions]
+        baselines = self._calibration([q.prompt for r in asking for q in r.questions],
+                                      None if self.calibration_seconds or not asking else asking[0].window.duration,
+                                      deadline)
+        jobs: list[tuple[dict[str, cf.Future], list[tuple[str, int, int, cf.Future]]]] = []
+        for request in requests:
+            window = request.window
+            scores: dict[str, cf.Future] = {}
+            if request.questions:
+                audio = wav_base64(window.audio, window.sample_rate)  # once per window: shared by its questions
+                for prompt in dict.fromkeys(q.prompt for q in request.questions):
+                    scores[prompt] = self.pool.submit(self._score_one, audio, prompt, deadline)
+            texts: list[tuple[str, int, int, cf.Future]] = []
+            for task in request.texts:
+                start, end = max(task.start, window.start), min(task.end, window.end)
+                if end <= start:
+                    log.warning("text question %s asks about samples %d-%d, outside window %d-%d: skipped",
+                                task.key, task.start, task.end, window.start, window.end)
+                    continue
+                budget = max(1, min(int(task.max_new_tokens), self.settings.max_new_tokens))
+                clip = wav_base64(window.segment(start, end), window.sample_rate)
+                texts.append((task.key, start, end, self.pool.submit(self._text_one, clip, task.prompt, budget, deadline)))
+            jobs.append((scores, texts))
+        everything = list(baselines.values()) + [f for scores, texts in jobs for f in
+                                                 [*scores.values(), *(t[3] for t in texts)]]
+        cf.wait(everything, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        for prompt, future in baselines.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._keep_baseline(prompt, future.result())
+        elapsed = (time.perf_counter() - started) * 1000
+        results = []
+        for request, (scores, texts) in zip(requests, jobs, strict=True):
+            needed = [baselines[p] for p in scores if p in baselines]
+            results.append(self._result(request, scores, texts, needed, elapsed))
+        return results
+
+    def _result(self, request: Request, scores: dict[str, cf.Future], texts: list[tuple[str, int, int, cf.Future]],
+                baselines: list[cf.Future], elapsed: float) -> Result:
+        window = request.window
+        futures = [*baselines, *scores.values(), *(t[3] for t in texts)]
+        error = next((f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()), None)
+        if error is None and not all(f.done() for f in futures):
+            error = ServerError(f"no answer within model.timeout ({self.settings.timeout:g}s)", server=False)
+        if error is not None:
+            for future in futures:
+                future.cancel()
+            return Result(window, error=self._failed(error, window), engine_ms=elapsed)
+        got: dict[str, Score] = {}
+        for question in request.questions:
+            answer = scores[question.prompt].result()
+            if answer is None:
+                self._unknown(question.key)
+                continue
+            got[question.key] = Score(answer[0], self.baselines[question.prompt], answer[1])
+        transcripts = [Transcript(key, future.result(), start, end) for key, start, end, future in texts]
+        return Result(window, got, transcripts, None, elapsed)
+
+    def _unknown(self, key: str) -> None:
+        self.unknown += 1
+        if self.unknown in (1, 2, 3) or self.unknown % 100 == 0:
+            log.warning("rule %s: the server's top %d answers hold neither yes nor no; left unanswered (the rule's "
+                        "state is unchanged) [unknown answer %d]", key, self.scoring.k, self.unknown)
+
+    def _failed(self, exc: BaseException, window: Any) -> str:
+        self.failures += 1
+        first = str(exc).strip().splitlines()
+        text = first[0] if first else type(exc).__name__
+        error = f"{text} (window {window.seq} skipped)" if isinstance(exc, ServerError) else \
+            f"{type(exc).__name__}: {text} (window {window.seq} skipped)"
+        if self.failures in (1, 2, 3) or self.failures % 100 == 0:  # a long outage must not flood the journal
+            log.error("engine: %s [failure %d]", error, self.failures)
+        return error
+
+
+def _top_logprobs(answer: Any) -> list[dict[str, Any]]:
+    try:
+        entries = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    except (KeyError, IndexError, TypeError):
+        raise ServerError("the server answered a yes/no question without logprobs", server=False) from None
+    return [e for e in entries or [] if isinstance(e, dict)]
+
+
+def _check_served(client: ServedClient, settings: ModelSettings) -> None:
+    """The server answers and serves `model.name`; else one line saying which is wrong."""
+    try:
+        listing = client.get("/v1/models", timeout=max(settings.timeout, 10.0), guard=False)
+    except ServerError as exc:
+        if exc.status in (401, 403):
+            raise ModelLoadError(f"model.url {client.where} refused the API key ({exc}): check model.api_key_file / "
+                                 "model.api_key_env against the server's --api-key") from None
+        if "CERTIFICATE" in str(exc).upper():
+            raise ModelLoadError(f"model.url: {exc}; set model.ca_file to the CA that signed the server's "
+                                 "certificate") from None
+        raise ModelLoadError(f"model.url: {exc}; start the model server (docs/served.md) or fix model.url") from None
+    data = listing.get("data") if isinstance(listing, dict) else None
+    names = sorted(str(m.get("id")) for m in data or [] if isinstance(m, dict))
+    if settings.name not in names:
+        raise ModelLoadError(f"model.name {settings.name} is not served at {client.where}, which serves "
+                             f"{', '.join(names) or 'no model'}: set model.name to one of them")
+
+
+def _answer_ids(client: ServedClient, settings: ModelSettings,
+                pool: cf.ThreadPoolExecutor) -> tuple[list[int], list[int]] | None:
+    """The yes and no token ids of the served tokenizer, or None when the server has no /tokenize.
+
+    Every spelling of the words (casing, a leading space or other blank) is tokenized; those that
+    are one token are the answer tokens, as `prompts.yes_no_token_ids` finds them in a local vocabulary.
+    """
+    candidates = [(word, prefix + spelling) for word in WORDS for spelling in casings(word) for prefix in PREFIXES]
+
+    def tokens(text: str) -> list[int]:
+        body = {"model": settings.name, "prompt": text, "add_special_tokens": False}
+        return list(client.post("/tokenize", body, timeout=LOAD_TIMEOUT, guard=False).get("tokens") or [])
+
+    try:
+        found = list(pool.map(tokens, [text for _, text in candidates]))
+    except ServerError as exc:
+        if exc.status in (404, 405):
+            log.info("model server %s has no /tokenize (not vLLM?): yes/no answers are matched by their text",
+                     client.where)
+            return None
+        raise ModelLoadError(f"model.url {client.where}: cannot tokenize the answers ({exc})") from None
+    ids: dict[str, set[int]] = {word: set() for word in WORDS}
+    for (word, _), got in zip(candidates, found, strict=True):
+        if len(got) == 1:
+            ids[word].add(int(got[0]))
+    if not ids["yes"] or not ids["no"] or ids["yes"] & ids["no"]:
+        raise ModelLoadError(f"model.name {settings.name} at {client.where} has no single-token Yes/No answers: "
+                             "yes/no questions cannot be scored with it")
+    return sorted(ids["yes"]), sorted(ids["no"])
