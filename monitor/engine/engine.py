@@ -1,9 +1,12 @@
 """The engine: one audio-language model asked many standing questions about each window.
 
 Yes/no questions are scored from next-token logits in one forward pass per window, all of them
-sharing the window's audio prefix (see `packing`). Free-text questions are answered by greedy
-generation. Each yes/no score is reported beside its score on silence (the baseline), because
-audio LLMs say "yes" too easily and a rule may prefer to threshold on the lift.
+sharing the window's audio prefix (see `packing`); a batch of windows — of one room or of many —
+goes through that forward together, one row per window. Free-text questions are answered by
+greedy generation, those of a whole batch in one `generate()` (see `textgen`). The audio encoder
+runs over each window's own frames rather than 30 s of padding where the loaded model passes the
+check for it (see `encoder`). Each yes/no score is reported beside its score on silence (the
+baseline), because audio LLMs say "yes" too easily and a rule may prefer to threshold on the lift.
 
 An `Engine` is not thread-safe by design: exactly one thread (the `EngineWorker`) owns it.
 """
@@ -14,27 +17,40 @@ import copy
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
+from monitor.engine.encoder import CroppedEncoder, audio_tokens
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
-from monitor.engine.packing import pack, yes_no_from_logits
+from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
+from monitor.engine.selfcheck import cropped_encoder, fast_features_agree
 from monitor.engine.settings import ModelSettings
+from monitor.engine.textgen import RowBudgets, eos_ids, left_pad, trim
 
 __all__ = ["Engine", "ModelLoadError"]
 
 log = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.1  # shorter clips are zero-padded: the encoder needs a few frames to emit 2+ audio tokens
+# What one more forward pass costs, in tokens of a forward (see `group_rows`): on a GPU, launching a
+# 7B model's kernels and reading its weights once is worth some hundreds of tokens; on a CPU the
+# model is compute-bound from the first token and a forward's fixed cost is a few dozen tokens at
+# most (measured on `small`: batching 4 equal 8 s windows saved ~15 tokens' time per window).
+FORWARD_OVERHEAD_TOKENS = {"cuda": 256, "cpu": 16}
 
 
-def _audio_tokens(frames: int) -> int:
-    """Audio embeddings Qwen2-Audio's encoder emits for `frames` valid mel frames (conv stride 2, pool 2)."""
-    return (((frames - 1) // 2 + 1) - 2) // 2 + 1
+@dataclass
+class Clip:
+    """One piece of audio ready for the model: its prompt prefix and its features."""
+
+    ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
+    features: dict[str, torch.Tensor]  # input_features (1, mel, frames), feature_attention_mask (1, frames)
+    frames: int  # valid mel frames
 
 
 class Engine:
@@ -68,7 +84,12 @@ class Engine:
         self.calibrated = 0  # prompts whose baseline was computed (each once)
         self.failures = 0
         self.oom = 0
-        self._fast_features = self._fast_features_agree()
+        self.batch_failures = 0  # batches that failed as a whole and were answered window by window
+        self.forward_overhead = FORWARD_OVERHEAD_TOKENS.get(self.device.type, FORWARD_OVERHEAD_TOKENS["cuda"])
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._eos = eos_ids(self._gen_config)
+        self._fast_features = fast_features_agree(self)
+        self.encoder: CroppedEncoder | None = cropped_encoder(self)
 
     # ------------------------------------------------------------------ construction
 
@@ -81,8 +102,10 @@ class Engine:
         started = time.monotonic()
         model, processor = load_model(settings, placement)
         engine = cls(model, processor, settings, placement)
-        log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens)", engine.name,
-                 placement.device, placement.dtype, time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids))
+        log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
+                 "up to %d windows per batch)", engine.name, placement.device, placement.dtype,
+                 time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids), engine.encoder_path,
+                 engine.max_batch)
         return engine
 
     @property
@@ -100,27 +123,10 @@ class Engine:
             config.pad_token_id = self.tokenizer.pad_token_id
         return config
 
-    def _fast_features_agree(self) -> bool:
-        """Whether building the prefix ourselves gives exactly what the processor gives.
-
-        The processor re-tokenises the whole prompt and re-checks its inputs on every call;
-        the fast path only runs the feature extractor and splices cached ids. It is used only if
-        it agrees with the processor on this model (it follows Qwen2-Audio's conventions).
-        """
-        for seconds in (1.0, 7.3):
-            t = np.arange(int(seconds * self.sample_rate)) / self.sample_rate
-            audio = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
-            try:
-                fast_ids, fast = self._prefix_fast(audio, extract_on="cpu")  # the processor extracts on the CPU
-                slow_ids, slow = self._prefix_processor(audio)
-            except Exception as exc:  # noqa: BLE001 - any mismatch means: use the processor
-                log.info("prefix fast path unavailable for %s (%s); using the processor", self.name, exc)
-                return False
-            if fast_ids != slow_ids or fast.keys() != slow.keys() or any(
-                    not torch.equal(fast[k].cpu(), slow[k].cpu()) for k in fast):
-                log.info("prefix fast path disagrees with the processor of %s; using the processor", self.name)
-                return False
-        return True
+    @property
+    def encoder_path(self) -> str:
+        """"cropped" (the encoder runs over each window's frames) or "padded" (over 30 s every time)."""
+        return "cropped" if self.encoder is not None else "padded"
 
     # ------------------------------------------------------------------ inputs
 
@@ -139,7 +145,7 @@ class Engine:
         fe = self.features(audio, sampling_rate=self.sample_rate, return_attention_mask=True,
                            padding="max_length", return_tensors="pt", device=extract_on)
         frames = int(fe["attention_mask"].sum())
-        ids = self.layout.expand_prefix(_audio_tokens(frames))
+        ids = self.layout.expand_prefix(audio_tokens(frames))
         return ids, {"input_features": fe["input_features"], "feature_attention_mask": fe["attention_mask"]}
 
     def _prefix_processor(self, audio: np.ndarray) -> tuple[list[int], dict[str, torch.Tensor]]:
@@ -149,10 +155,27 @@ class Engine:
         out.pop("attention_mask", None)
         return ids, dict(out)
 
-    def _prefix(self, audio: np.ndarray) -> tuple[list[int], dict[str, torch.Tensor]]:
+    def _clip(self, audio: np.ndarray) -> Clip:
         ids, feats = self._prefix_fast(audio) if self._fast_features else self._prefix_processor(audio)
         feats = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
-        return ids, feats
+        mask = feats.get("feature_attention_mask")
+        return Clip(ids, feats, int(mask.sum()) if mask is not None else 0)
+
+    def _model_inputs(self, input_ids: torch.Tensor, clips: Sequence[Clip], keep_ids: bool = False) -> dict[str, Any]:
+        """The model's inputs for rows of `input_ids`, row i holding the audio tokens of clips[i].
+
+        Cropped encoder: the audio embeddings are computed here and written into the text
+        embeddings (`inputs_embeds`; `keep_ids` adds the ids, which generate() needs). Otherwise
+        the ids and the padded features, for the model's own forward to encode.
+        """
+        if self.encoder is not None:
+            audio = self.encoder.cropped(torch.cat([c.features["input_features"] for c in clips]),
+                                         [c.frames for c in clips])
+            inputs: dict[str, Any] = {"inputs_embeds": self.encoder.embed(input_ids, audio)}
+            if keep_ids:
+                inputs["input_ids"] = input_ids
+            return inputs
+        return {"input_ids": input_ids, **{k: torch.cat([c.features[k] for c in clips]) for k in clips[0].features}}
 
     # ------------------------------------------------------------------ model calls (subclasses may wrap them)
 
@@ -162,33 +185,60 @@ class Engine:
             return self._body(**inputs, use_cache=False).last_hidden_state
         return self.model(**inputs, use_cache=False, output_hidden_states=True).hidden_states[-1]
 
-    def _generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+    def _generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                  budgets: Sequence[int] | None = None) -> torch.Tensor:
+        """Greedy generation; `budgets` (one per row, at most max_new_tokens) stops each row at its own."""
         config = copy.deepcopy(self._gen_config)
         config.max_new_tokens = max_new_tokens
-        return self.model.generate(**inputs, generation_config=config)
+        extra: dict[str, Any] = {}
+        if budgets is not None:
+            from transformers import StoppingCriteriaList
+
+            extra["stopping_criteria"] = StoppingCriteriaList(
+                [RowBudgets(inputs["input_ids"].shape[1], budgets, self.device)])
+        return self.model.generate(**inputs, generation_config=config, **extra)
 
     # ------------------------------------------------------------------ yes/no
 
     @torch.inference_mode()
     def score(self, audio: np.ndarray, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
         """{prompt: (P(yes)/(P(yes)+P(no)), P(yes)+P(no))} for every distinct prompt, in one forward pass."""
-        audio = self._fit(audio)
-        unique = list(dict.fromkeys(prompts))
-        out: dict[str, tuple[float, float]] = {}
-        shared = [(p, ids) for p in unique if (ids := self.layout.suffix_ids(p)) is not None]
-        if shared:
-            prefix, feats = self._prefix(audio)
-            packed = pack(prefix, [ids for _, ids in shared], self.device, self._float_mask)
-            hidden = self._forward(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                                   attention_mask=packed.attention_mask, **feats)
-            logits = self._head(hidden[0, packed.last])
+        return self.score_windows([audio], [prompts])[0]
+
+    @torch.inference_mode()
+    def score_windows(self, audios: Sequence[np.ndarray],
+                      prompts: Sequence[Sequence[str]]) -> list[dict[str, tuple[float, float]]]:
+        """`score` of several windows, each with its own prompts, in one forward pass for all of them.
+
+        Each window is one row of the batch (its prefix and its questions, see `pack_rows`); a
+        question's logits do not depend on the other rows. Windows of very different lengths
+        are split into a few forwards where padding the short ones would cost more than another
+        forward (`group_rows`, `forward_overhead`). Prompts that cannot share the prefix are
+        scored the plain way, each alone.
+        """
+        windows = [self._fit(a) for a in audios]
+        unique = [list(dict.fromkeys(p)) for p in prompts]
+        rows: list[tuple[list[int], list[list[int]]]] = []
+        clips: list[Clip] = []
+        asked: list[list[tuple[int, str]]] = []  # per row: (window, prompt) of its questions, in order
+        for i, (audio, wanted) in enumerate(zip(windows, unique, strict=True)):
+            shared = [(p, ids) for p in wanted if (ids := self.layout.suffix_ids(p)) is not None]
+            if shared:
+                clips.append(self._clip(audio))
+                rows.append((clips[-1].ids, [ids for _, ids in shared]))
+                asked.append([(i, p) for p, _ in shared])
+        got: dict[tuple[int, str], tuple[float, float]] = {}
+        sizes = [len(prefix) + sum(len(s) for s in suffixes) for prefix, suffixes in rows]
+        for group in group_rows(sizes, self.forward_overhead):
+            packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id)
+            inputs = self._model_inputs(packed.input_ids, [clips[r] for r in group])
+            hidden = self._forward(**inputs, position_ids=packed.position_ids, attention_mask=packed.attention_mask)
+            logits = self._head(hidden[packed.row, packed.last])
             scores, masses = yes_no_from_logits(logits, self.yes_ids, self.no_ids)
-            for (prompt, _), s, m in zip(shared, scores.tolist(), masses.tolist(), strict=True):
-                out[prompt] = (s, m)
-        for prompt in unique:
-            if prompt not in out:
-                out[prompt] = self._score_plain_one(audio, prompt)
-        return out
+            keys = [key for r in group for key in asked[r]]
+            got.update(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
+        return [{p: got[(i, p)] if (i, p) in got else self._score_plain_one(windows[i], p) for p in wanted}
+                for i, wanted in enumerate(unique)]
 
     @torch.inference_mode()
     def score_plain(self, audio: np.ndarray, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -196,12 +246,15 @@ class Engine:
         audio = self._fit(audio)
         return {p: self._score_plain_one(audio, p) for p in dict.fromkeys(prompts)}
 
-    def _score_plain_one(self, audio: np.ndarray, prompt: str) -> tuple[float, float]:
-        inputs = self.processor(text=self.layout.render(prompt), audio=audio, sampling_rate=self.sample_rate,
-                                return_tensors="pt").to(self.device)
+    def _plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
+        inputs = dict(self.processor(text=self.layout.render(prompt), audio=audio, sampling_rate=self.sample_rate,
+                                     return_tensors="pt").to(self.device))
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
-        logits = self.model(**inputs, use_cache=False).logits[:, -1]
+        return inputs
+
+    def _score_plain_one(self, audio: np.ndarray, prompt: str) -> tuple[float, float]:
+        logits = self.model(**self._plain_inputs(audio, prompt), use_cache=False).logits[:, -1]
         score, mass = yes_no_from_logits(logits, self.yes_ids, self.no_ids)
         return float(score[0]), float(mass[0])
 
@@ -233,53 +286,122 @@ class Engine:
     @torch.inference_mode()
     def answer_text(self, audio: np.ndarray, prompt: str, max_new_tokens: int = 64) -> str:
         """Greedy answer to a free-text question about a clip, without any chat-template text."""
-        audio = self._fit(audio)
-        budget = max(1, min(int(max_new_tokens), self.settings.max_new_tokens))
-        suffix = self.layout.suffix_ids(prompt)
-        if suffix is not None:
-            prefix, feats = self._prefix(audio)
-            ids = torch.tensor([prefix + suffix], device=self.device)
-            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **feats}
-        else:
-            inputs = dict(self.processor(text=self.layout.render(prompt), audio=audio, sampling_rate=self.sample_rate,
-                                         return_tensors="pt").to(self.device))
-            if "input_features" in inputs:
-                inputs["input_features"] = inputs["input_features"].to(self.dtype)
-        out = self._generate(inputs, budget)
-        new = out[0, inputs["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return self.answer_texts([(audio, prompt, max_new_tokens)])[0]
 
-    # ------------------------------------------------------------------ one window
+    @torch.inference_mode()
+    def answer_texts(self, questions: Sequence[tuple[np.ndarray, str, int]]) -> list[str]:
+        """`answer_text` of several (clip, prompt, max_new_tokens), in one batched generate().
+
+        Each answer is the one `answer_text` gives alone (see `textgen`). A prompt that cannot
+        share the prefix layout is answered alone, through the processor.
+        """
+        answers: list[str] = [""] * len(questions)
+        batch: list[tuple[int, Clip, list[int], int]] = []
+        for i, (audio, prompt, max_new_tokens) in enumerate(questions):
+            audio = self._fit(audio)
+            budget = max(1, min(int(max_new_tokens), self.settings.max_new_tokens))
+            suffix = self.layout.suffix_ids(prompt)
+            if suffix is None:
+                inputs = self._plain_inputs(audio, prompt)
+                out = self._generate(inputs, budget)
+                answers[i] = self._decode(out[0, inputs["input_ids"].shape[1]:].tolist(), budget)
+            else:
+                batch.append((i, self._clip(audio), suffix, budget))
+        if batch:
+            ids, mask = left_pad([clip.ids + suffix for _, clip, suffix, _ in batch], self._pad_id, self.device)
+            inputs = {**self._model_inputs(ids, [clip for _, clip, _, _ in batch], keep_ids=True), "attention_mask": mask}
+            budgets = [budget for *_, budget in batch]
+            top = max(budgets)
+            out = self._generate(inputs, top) if min(budgets) == top else self._generate(inputs, top, budgets)
+            for row, (i, *_, budget) in enumerate(batch):
+                answers[i] = self._decode(out[row, ids.shape[1]:].tolist(), budget)
+        return answers
+
+    def _decode(self, new_tokens: list[int], budget: int) -> str:
+        return self.tokenizer.decode(trim(new_tokens, budget, self._eos), skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ requests (the Backend calls)
 
     def answer(self, requests: Sequence[Request]) -> list[Result]:
-        """The `Backend` call: one Result per request, in order (each window fails alone)."""
-        return [self.run(request) for request in requests]
+        """The `Backend` call: one Result per request, in order; up to `max_batch` windows per forward.
+
+        If a batch fails as a whole (out of memory, a bad window), its windows are answered one
+        by one, so that a bad window fails alone: its Result carries the error, the others answers.
+        """
+        results: list[Result] = []
+        for at in range(0, len(requests), self.max_batch):
+            chunk = list(requests[at:at + self.max_batch])
+            if len(chunk) == 1:
+                results.append(self.run(chunk[0]))
+                continue
+            try:
+                results.extend(self._answer_batch(chunk))
+            except Exception as exc:  # noqa: BLE001 - retried window by window
+                self.batch_failures += 1
+                if is_out_of_memory(exc) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if self.batch_failures in (1, 2, 3) or self.batch_failures % 100 == 0:
+                    first = str(exc).strip().splitlines()
+                    log.warning("engine: a batch of %d windows failed (%s: %s); answering them one by one [batch "
+                                "failure %d]", len(chunk), type(exc).__name__, first[0] if first else "",
+                                self.batch_failures)
+                results.extend(self.run(r) for r in chunk)
+        return results
 
     def run(self, request: Request) -> Result:
         """Answer one request. Never raises for a failure of this window: it becomes `Result.error`."""
         started = time.perf_counter()
-        window = request.window
         try:
-            scores: dict[str, Score] = {}
-            if request.questions:
-                prompts = [q.prompt for q in request.questions]
-                self.calibrate(prompts, None if self.calibration_seconds else window.duration)
-                raw = self.score(window.audio, prompts)
-                for q in request.questions:
-                    value, mass = raw[q.prompt]
-                    scores[q.key] = Score(value, self.baselines[q.prompt], mass)
-            texts: list[Transcript] = []
+            return self._answer_batch([request])[0]
+        except Exception as exc:  # noqa: BLE001 - one bad window must not stop the engine
+            window = request.window
+            return Result(window, error=self._failed(exc, window), engine_ms=(time.perf_counter() - started) * 1000)
+
+    def _answer_batch(self, requests: Sequence[Request]) -> list[Result]:
+        """All the requests' yes/no questions in one forward, all their text questions in one generate().
+
+        Raises if anything fails; `engine_ms` of each Result is the time of the whole batch (the
+        time its window waited for the engine).
+        """
+        started = time.perf_counter()
+        scores = self._scores(requests)
+        texts = self._texts(requests)
+        elapsed = (time.perf_counter() - started) * 1000
+        return [Result(r.window, s, t, None, elapsed) for r, s, t in zip(requests, scores, texts, strict=True)]
+
+    def _scores(self, requests: Sequence[Request]) -> list[dict[str, Score]]:
+        asking = [r for r in requests if r.questions]
+        if not asking:
+            return [{} for _ in requests]
+        self.calibrate([q.prompt for r in asking for q in r.questions],
+                       None if self.calibration_seconds else asking[0].window.duration)
+        raw = iter(self.score_windows([r.window.audio for r in asking],
+                                      [[q.prompt for q in r.questions] for r in asking]))
+        out: list[dict[str, Score]] = []
+        for request in requests:
+            got = next(raw) if request.questions else {}
+            out.append({q.key: Score(got[q.prompt][0], self.baselines[q.prompt], got[q.prompt][1])
+                        for q in request.questions})
+        return out
+
+    def _texts(self, requests: Sequence[Request]) -> list[list[Transcript]]:
+        segments: list[tuple[int, str, int, int]] = []  # (request, key, start, end)
+        questions: list[tuple[np.ndarray, str, int]] = []
+        for n, request in enumerate(requests):
+            window = request.window
             for task in request.texts:
                 start, end = max(task.start, window.start), min(task.end, window.end)
                 if end <= start:
                     log.warning("text question %s asks about samples %d-%d, outside window %d-%d: skipped",
                                 task.key, task.start, task.end, window.start, window.end)
                     continue
-                text = self.answer_text(window.segment(start, end), task.prompt, task.max_new_tokens)
-                texts.append(Transcript(task.key, text, start, end))
-            return Result(window, scores, texts, None, (time.perf_counter() - started) * 1000)
-        except Exception as exc:  # noqa: BLE001 - one bad window must not stop the engine
-            return Result(window, error=self._failed(exc, window), engine_ms=(time.perf_counter() - started) * 1000)
+                segments.append((n, task.key, start, end))
+                questions.append((window.segment(start, end), task.prompt, task.max_new_tokens))
+        out: list[list[Transcript]] = [[] for _ in requests]
+        answers = self.answer_texts(questions) if questions else []
+        for (n, key, start, end), text in zip(segments, answers, strict=True):
+            out[n].append(Transcript(key, text, start, end))
+        return out
 
     def _failed(self, exc: Exception, window: Any) -> str:
         self.failures += 1

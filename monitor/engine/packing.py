@@ -13,10 +13,15 @@ float rounding), while the audio encoder and the prefix run once per window.
 Why one row rather than a KV cache expanded to a batch of P rows: the same arithmetic, but no
 P-fold copy of the prefix's keys and values, no padding, and the weights are read once per
 window instead of twice (prefix pass, then suffix pass) — the dominant cost of a 7B model on a GPU.
+
+Several windows (of one room or of many) go through the model together as a batch of such rows,
+right-padded to the longest (`pack_rows`): each row keeps its own tree mask and positions, so
+batching changes no score, and the weights are read once per batch instead of once per window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,39 +29,104 @@ import torch
 
 @dataclass
 class Packed:
-    """Inputs of a packed forward: ids, positions, the tree mask and where each question ends."""
+    """Inputs of a packed forward: ids, positions, the tree masks and where each question ends.
 
-    input_ids: torch.Tensor  # (1, S)
-    position_ids: torch.Tensor  # (1, S)
-    attention_mask: torch.Tensor  # (1, 1, S, S): bool (True = attend), or additive float for eager
-    last: torch.Tensor  # (P,) index of each suffix's last token
+    One row per window (right-padded to the longest); `row[i]`, `last[i]` locate question i's
+    last token, questions counted window after window in the order they were given.
+    """
+
+    input_ids: torch.Tensor  # (B, S)
+    position_ids: torch.Tensor  # (B, S)
+    attention_mask: torch.Tensor  # (B, 1, S, S): bool (True = attend), or additive float for eager
+    last: torch.Tensor  # (P,) index of each suffix's last token in its row
+    row: torch.Tensor  # (P,) the row (window) each suffix belongs to
+    lengths: list[int]  # real (unpadded) length of each row
 
 
-def pack(prefix: list[int], suffixes: list[list[int]], device: torch.device | str,
-         float_mask: torch.dtype | None = None) -> Packed:
-    """Lay out one prefix and P suffixes as one row with a tree attention mask."""
-    lengths = [len(s) for s in suffixes]
-    if not suffixes or min(lengths) == 0:
-        raise ValueError("every question needs at least one token after the prefix")
-    n_prefix = len(prefix)
-    ids = torch.tensor([prefix + [t for s in suffixes for t in s]], dtype=torch.long)
+def _tree(n_prefix: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(allowed (S, S) bool, positions (S,)) of one prefix followed by suffixes of `lengths`."""
     segment = torch.cat([torch.zeros(n_prefix, dtype=torch.long)]
                         + [torch.full((n,), i + 1, dtype=torch.long) for i, n in enumerate(lengths)])
     positions = torch.cat([torch.arange(n_prefix)] + [torch.arange(n_prefix, n_prefix + n) for n in lengths])
     index = torch.arange(len(segment))
     causal = index[None, :] <= index[:, None]
     same_or_prefix = (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
-    allowed = causal & same_or_prefix
+    return causal & same_or_prefix, positions
+
+
+def pack_rows(rows: Sequence[tuple[list[int], list[list[int]]]], device: torch.device | str,
+              float_mask: torch.dtype | None = None, pad_id: int = 0) -> Packed:
+    """Lay out several windows, each one prefix and its suffixes, as a right-padded batch of tree rows.
+
+    Each row is exactly what `pack` makes of that window alone (same ids, positions and mask),
+    so its questions' logits do not depend on the other windows of the batch. Padding is never
+    attended to by a real token; a padding token attends only to itself, which keeps its
+    (unused) hidden state finite — a fully masked row would be NaN, and 0 x NaN in the next
+    layer's attention would leak into real tokens.
+    """
+    if not rows:
+        raise ValueError("nothing to pack")
+    trees, ids, lasts, owners, sizes = [], [], [], [], []
+    for r, (prefix, suffixes) in enumerate(rows):
+        lengths = [len(s) for s in suffixes]
+        if not suffixes or min(lengths) == 0:
+            raise ValueError("every question needs at least one token after the prefix")
+        trees.append(_tree(len(prefix), lengths))
+        ids.append(prefix + [t for s in suffixes for t in s])
+        lasts.append(torch.tensor(lengths).cumsum(0) + len(prefix) - 1)
+        owners.append(torch.full((len(suffixes),), r, dtype=torch.long))
+        sizes.append(len(ids[-1]))
+    size = max(sizes)
+    batch = len(rows)
+    input_ids = torch.full((batch, size), pad_id, dtype=torch.long)
+    positions = torch.zeros((batch, size), dtype=torch.long)
+    allowed = torch.eye(size, dtype=torch.bool).repeat(batch, 1, 1)  # padding sees itself only
+    for r, ((tree, pos), row_ids, n) in enumerate(zip(trees, ids, sizes, strict=True)):
+        input_ids[r, :n] = torch.tensor(row_ids, dtype=torch.long)
+        positions[r, :n] = pos
+        allowed[r, :n, :n] = tree
     if float_mask is not None:  # eager attention adds the mask to the scores
         allowed = torch.zeros(allowed.shape, dtype=float_mask).masked_fill_(~allowed, torch.finfo(float_mask).min)
     # Rows padded to a multiple of 16 elements: CUDA's memory-efficient attention kernel wants the
     # mask's row stride aligned and would otherwise copy it (or fall back to a slower kernel).
-    size = len(segment)
-    storage = torch.zeros((1, 1, size, -(-size // 16) * 16), dtype=allowed.dtype, device=device)
+    storage = torch.zeros((batch, 1, size, -(-size // 16) * 16), dtype=allowed.dtype, device=device)
     mask = storage[..., :size]
-    mask.copy_(allowed[None, None])
-    ends = torch.tensor(lengths).cumsum(0) + n_prefix - 1
-    return Packed(ids.to(device), positions[None].to(device), mask, ends.to(device))
+    mask.copy_(allowed[:, None])
+    return Packed(input_ids.to(device), positions.to(device), mask, torch.cat(lasts).to(device),
+                  torch.cat(owners).to(device), sizes)
+
+
+def group_rows(lengths: Sequence[int], overhead: int) -> list[list[int]]:
+    """Rows (indices into `lengths`) split into forwards so that padding costs no more than it saves.
+
+    One right-padded forward costs its rows times its longest row's length in tokens; every
+    forward also costs a fixed `overhead` (reading the weights, launching kernels), in tokens.
+    Windows of similar length stay in one forward; a 0.5 s window is not padded to a 30 s one
+    when a second forward costs less than the padding. Rows are sorted by length and cut into
+    consecutive groups by dynamic programming (optimal for this cost); each group keeps the
+    order the rows were given in.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0] + [None] * n  # best[j]: cheapest cost of the first j rows in sorted order
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is order[i:j]; its longest row is order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] + overhead  # type: ignore[operator]
+            if best[j] is None or cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(sorted(order[cut[j]:j]))
+        j = cut[j]
+    return sorted(groups)
+
+
+def pack(prefix: list[int], suffixes: list[list[int]], device: torch.device | str,
+         float_mask: torch.dtype | None = None) -> Packed:
+    """Lay out one prefix and P suffixes as one row with a tree attention mask."""
+    return pack_rows([(prefix, suffixes)], device, float_mask)
 
 
 def yes_no_from_logits(logits: torch.Tensor, yes_ids: torch.Tensor, no_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
