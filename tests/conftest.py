@@ -164,12 +164,13 @@ class Subscriber:
         if not subscribed.wait(10):
             raise TimeoutError("test subscriber could not subscribe")
 
-    def wait_for(self, predicate, timeout: float = 10.0):
-        """First message for which predicate(topic, payload, retain) is true, or TimeoutError."""
+    def wait_for(self, predicate, timeout: float = 10.0, after: int = 0):
+        """First message (from index `after` on) for which predicate(topic, payload, retain) is true,
+        or TimeoutError."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for m in self.messages:
+                for m in self.messages[after:]:
                     if predicate(*m):
                         return m
                 remaining = deadline - time.monotonic()

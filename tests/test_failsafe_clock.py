@@ -197,16 +197,18 @@ def test_daemon_under_faketime_holds_20s_of_audio_when_the_clock_jumps_back_then
             time.sleep(max(0.0, quiet_since + 3.5 - time.monotonic()))
             stamp.write_text(offset + "\n")
             sub.wait_for(lambda t, p, r: json.loads(p)["kind"] == "off" and len(events_of(sub.messages)) > n + 1,
-                         timeout=hold + 20)
+                         timeout=hold + 30)
             gaps.append(time.monotonic() - quiet_since)
             on, off = events_of(sub.messages)[-2:]
             assert off["kind"] == "off" and off["reason"] == "released", off
             wall_step = float(offset) - (-HOUR if offset == "+0" else 0.0)
             assert off["ts"] - on["ts"] == pytest.approx(gaps[-1] + wall_step, abs=8)  # the clock did step
         # OFF comes `hold` seconds of audio after the last window that heard the noise: that window
-        # ends up to a window length (2 s) after the noise, and the answer takes a moment
+        # ends up to a window length (2 s) after the noise, and the answer takes a moment (seconds on a
+        # loaded 2-core machine). On the wall clock the step back would hold for an hour (timeout above)
+        # and the step forward would end the hold at once (a gap of ~4 s): both far outside this band.
         for gap in gaps:
-            assert hold - 0.5 <= gap <= hold + 6, gaps
+            assert hold - 0.5 <= gap <= hold + 12, gaps
     finally:
         code = daemon.stop()
         print(daemon.output)  # shown when the test fails
