@@ -98,12 +98,7 @@ class Hub:
             room = self.rooms[room_id]
             room.rules = rules
             for rule in rules:
-                spans = room.spans.setdefault(rule["id"], [])
-                on = on_states.get(rule["id"], False)
-                if on and (not spans or spans[-1][1] is not None):
-                    spans.append([t, None])
-                elif not on and spans and spans[-1][1] is None:
-                    spans[-1][1] = t
+                _mark(room.spans.setdefault(rule["id"], []), on_states.get(rule["id"], False), t)
             spans_now = {k: [list(s) for s in v] for k, v in room.spans.items()}
         self._post("rules", {"room": room_id, "rules": rules, "spans": spans_now})
 
@@ -146,11 +141,8 @@ class Hub:
             if room is None:
                 return
             room.events.append(record)
-            spans = room.spans.setdefault(record["rule"], [])
-            if record["kind"] == "on" and (not spans or spans[-1][1] is not None):
-                spans.append([record["t"], None])
-            elif record["kind"] == "off" and spans and spans[-1][1] is None:
-                spans[-1][1] = record["t"]
+            if record["kind"] in ("on", "off"):
+                _mark(room.spans.setdefault(record["rule"], []), record["kind"] == "on", record["t"])
             if record["kind"] == "text" and record.get("text") is not None:
                 room.transcripts[record["rule"]] = {"text": record["text"], "t": record["t"]}
         self._post("event", {"room": room_id, **record})
@@ -226,6 +218,15 @@ class Hub:
                 await asyncio.wait_for(changed.wait(), PING_S)
             except asyncio.TimeoutError:
                 yield ": ping\n\n"
+
+
+def _mark(spans: list[list[float | None]], on: bool, t: float) -> None:
+    """Open an ON span at `t`, or close the open one."""
+    is_open = bool(spans) and spans[-1][1] is None
+    if on and not is_open:
+        spans.append([t, None])
+    elif not on and is_open:
+        spans[-1][1] = t
 
 
 class WebSink:
