@@ -59,7 +59,7 @@ class WebServer:
         sock = socket.create_server((host, self.settings.port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
                                     backlog=128)
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=1, ws="none")
         self._server = uvicorn.Server(config)
         ready = threading.Event()
