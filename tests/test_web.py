@@ -220,8 +220,9 @@ def test_twenty_clients_do_not_slow_the_engine(playwright, live, tmp_path):
     Each side is measured over 30 s (not a minute, to keep the suite short) between two moments
     a window was just answered, so the count is exact up to the jitter of when answers arrive
     (tens of milliseconds), well below the 5 % (1.5 windows in 30 s) allowed. The browsers stand in for phones on other machines: on
-    this small box they run at the lowest CPU priority, so that what is measured is the daemon
-    serving 20 clients, not chromium drawing 20 pages on the daemon's cores.
+    this small box they (and Playwright's driver) run at the lowest CPU priority while measured,
+    so that what is measured is the daemon serving 20 clients, not chromium drawing 20 pages on
+    the daemon's two cores.
     """
     span = 30.0
     pidfile = tmp_path / "chromium.pid"
@@ -255,7 +256,7 @@ def test_twenty_clients_do_not_slow_the_engine(playwright, live, tmp_path):
             pages.append(page)
         for page in pages:
             page.wait_for_selector("#chart-test_node-loud")
-        lowest_priority(int(pidfile.read_text()))
+        lowest_priority(parent_of(int(pidfile.read_text())))  # Playwright's driver, chromium and its renderers
         before = [points(p) for p in pages]
         watched, skipped_watched = rate()
         moved = [points(p) - n for p, n in zip(pages, before)]
@@ -265,6 +266,11 @@ def test_twenty_clients_do_not_slow_the_engine(playwright, live, tmp_path):
     assert skipped_watched <= skipped_alone + 1, (skipped_alone, skipped_watched)
     assert all(n >= 20 for n in moved), moved  # every client really was receiving (30 windows in 30 s)
     assert not errors, errors
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
 def lowest_priority(root: int) -> None:
@@ -306,7 +312,10 @@ def test_a_client_left_behind_is_dropped_not_waited_for():
         with pytest.raises(SlowClient):
             await stream.__anext__()
 
-    asyncio.run(scenario())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: Playwright's sync API keeps a loop on this one
+        pool.submit(asyncio.run, scenario()).result()
 
 
 # ---------------------------------------------------------------------------- security
