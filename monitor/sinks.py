@@ -1,9 +1,9 @@
 """Where answered windows and decided events go: one small interface, fanned out in one place.
 
 The daemon hands every answered window and every event of every room to its sinks in order —
-MQTT first (the alarm path), then the metrics and the score log (and, later, a web page). A sink
-owns nothing of another's, and one that fails is logged and skipped by the caller, never the end
-of the others.
+MQTT first (the alarm path), then the metrics, the score log and the live page
+(`monitor.web.hub.WebSink`). A sink owns nothing of another's, and one that fails is logged and
+skipped by the caller, never the end of the others.
 """
 
 from __future__ import annotations

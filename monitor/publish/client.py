@@ -6,13 +6,11 @@ line naming the config key to fix, before anything connects.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
-from pathlib import Path
-
 import paho.mqtt.client as mqtt
 
+from monitor.configtypes import read_secret
 from monitor.publish.settings import MqttSettings
 
 
@@ -22,25 +20,10 @@ class PublisherError(Exception):
 
 def read_password(settings: MqttSettings) -> str | None:
     """The broker password from `password_file` or `password_env`, or None when none is configured."""
-    if settings.password_file is not None:
-        path = Path(settings.password_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PublisherError(
-                f"mqtt.password_file {path}: cannot read it ({exc.strerror or exc}); create it holding the broker password"
-            ) from None
-        lines = text.splitlines()
-        return lines[0] if lines else ""
-    if settings.password_env is not None:
-        value = os.environ.get(settings.password_env)
-        if value is None:
-            raise PublisherError(
-                f"mqtt.password_env: the environment variable {settings.password_env} is not set; "
-                "export it (or use EnvironmentFile= in the systemd unit)"
-            )
-        return value
-    return None
+    try:
+        return read_secret(settings.password_file, settings.password_env, "mqtt", "the broker password")
+    except ValueError as exc:
+        raise PublisherError(str(exc)) from None
 
 
 def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:

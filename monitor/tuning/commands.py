@@ -33,6 +33,8 @@ def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
                    help="wall-clock time of the file's first sample, ISO-8601 (e.g. 2026-11-30T22:15:00, local time "
                         "unless it names a zone); schedules are decided on it. Default: the file's modification time")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--serve", action="store_true",
+                   help="then open the live page on the replay (web.host and web.port of the config) until Ctrl-C")
 
 
 def _start_time(text: str) -> float:
@@ -131,7 +133,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
         return 1
-    print(summary_line(run, out_dir))
+    print(summary_line(run, out_dir), flush=True)
+    if args.serve:
+        from monitor.web.replayview import serve_replay
+
+        return serve_replay(out_dir, ruleset, config, args.file)
     return 0
 
 

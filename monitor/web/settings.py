@@ -1,0 +1,49 @@
+"""The `web:` config section: the live page the daemon serves.
+
+Kept apart from the server so that `audio-monitor check` validates it without importing the
+web stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, model_validator
+
+from monitor.configtypes import ConfigPath, Section
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only reaches this machine: `localhost` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name may resolve anywhere
+
+
+class WebSettings(Section):
+    """A live page per room: levels, scores against thresholds, events with clips, mute, reload."""
+
+    enabled: bool = True
+    """Serve the page (http://host:port/)."""
+    host: str = Field("127.0.0.1", min_length=1)
+    """Address to listen on. Anything but loopback needs `password_file` or `password_env`."""
+    port: int = Field(8765, ge=0, le=65535)
+    """TCP port (0 picks a free one; the daemon logs the URL)."""
+    username: str = Field("admin", min_length=1, pattern=r"^[^:]+$")
+    """User name of the HTTP basic login (when a password is set)."""
+    password_file: ConfigPath | None = None
+    """File holding the page's password (first line). Keep it mode 0600."""
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of an environment variable holding the page's password."""
+
+    @model_validator(mode="after")
+    def _password_beyond_loopback(self) -> WebSettings:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give either password_file or password_env, not both")
+        if self.enabled and not is_loopback(self.host) and self.password_file is None and self.password_env is None:
+            raise ValueError(f"host {self.host} is reachable from other machines: set web.password_file or "
+                             "web.password_env (or web.host: 127.0.0.1, or web.enabled: false)")
+        return self
