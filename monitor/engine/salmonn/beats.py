@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from monitor.engine.salmonn.fbank import beats_fbank
+from monitor.engine.salmonn.strict import load_strict
 
 log = logging.getLogger(__name__)
 
@@ -295,18 +296,4 @@ class BEATs(nn.Module):
                 log.warning("BEATs checkpoint holds different copies of the shared relative-position table; "
                             "using the last one, as the original code does")
             state[f"encoder.layers.0.{SHARED_BIAS}"] = tables[-1]
-        expected = self.state_dict(keep_vars=True)
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-                 if k in state and tuple(state[k].shape) != tuple(v.shape)]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-            if wrong:
-                parts.append(f"{len(wrong)} of the wrong shape, e.g. {wrong[0]}")
-            raise ValueError("; ".join(parts))
-        self.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
+        load_strict(self, state)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from monitor.engine.salmonn.strict import load_strict
+
 log = logging.getLogger(__name__)
 
 WHISPER_FRAMES = 1500  # Whisper's encoder output for its 30-second input
@@ -120,21 +122,7 @@ class SpeechFrontEnd(nn.Module):
                 unexpected.append(name)
             else:
                 mapped[target] = tensor
-        expected = self.state_dict(keep_vars=True)
-        missing = [k for k in expected if k not in mapped]
-        unexpected += [k for k in mapped if k not in expected]
-        wrong = [f"{k} {tuple(mapped[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-                 if k in mapped and tuple(mapped[k].shape) != tuple(v.shape)]
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing front-end weight(s), e.g. {missing[0]}")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-            if wrong:
-                parts.append(f"{len(wrong)} of the wrong shape, e.g. {wrong[0]}")
-            raise ValueError("; ".join(parts))
-        self.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()}, strict=True, assign=True)
+        load_strict(self, mapped, "front-end weight", unexpected)
 
     # ------------------------------------------------------------------ forward
 
