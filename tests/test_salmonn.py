@@ -238,3 +238,20 @@ def test_settings_need_the_checkpoint_and_beats_and_take_hub_references():
     assert settings.salmonn.whisper == "openai/whisper-large-v2" and settings.salmonn.llm == "lmsys/vicuna-7b-v1.5"
     with pytest.raises(ValueError, match="lora_alpha"):
         ModelSettings(backend="salmonn", salmonn={"checkpoint": "a.pth", "beats": "b.pt", "lora_alpha": 0})
+
+
+def test_a_file_that_is_not_a_salmonn_checkpoint_is_one_line(salmonn_dir, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(ModelLoadError, match=r"model.salmonn.checkpoint .*other.pth.*not a SALMONN checkpoint"):
+        load_backend(settings_for(salmonn_dir, checkpoint=tmp_path / "other.pth"))
+
+
+def test_the_checkpoint_is_read_once_memory_mapped_and_only_its_model_dict_is_kept(salmonn_dir, monkeypatch):
+    from monitor.engine.salmonn import checkpoint
+
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
+    model = checkpoint.read(salmonn_dir / "checkpoint.pth")
+    assert "speech_query_tokens" in model and "optimizer" not in model and "exp_avg" not in str(list(model))
+    assert len(calls) == 1 and calls[0]["mmap"] is True and calls[0]["weights_only"] is True

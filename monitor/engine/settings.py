@@ -97,6 +97,13 @@ class ModelSettings(Section):
     salmonn: SalmonnSettings = SalmonnSettings()
     """The parts of a SALMONN model (backend: salmonn)."""
 
+    @property
+    def label(self) -> str:
+        """The model as logs and reports name it (the daemon adds a served model's address)."""
+        if self.backend == "salmonn":
+            return f"SALMONN ({self.salmonn.checkpoint})"
+        return str(self.path or self.id)
+
     @model_validator(mode="after")
     def _served(self) -> ModelSettings:
         if self.backend == "openai":

@@ -165,7 +165,7 @@ def load_parts(settings: ModelSettings, placement: Placement) -> SalmonnParts:
     # BEATs and the front end are small: they stay in float32 (BEATs computes in float32 anyway).
     audio = SalmonnAudio(features, whisper.to(device), beats.to(device), frontend.to(device)).eval().requires_grad_(False)
     llm = llm.to(device).eval().requires_grad_(False)  # frozen, as in SALMONN: inference only
-    name = f"SALMONN ({parts.checkpoint})"
+    name = settings.label
     log.info("%s: LoRA r=%d merged with alpha %g; %d key(s) of the checkpoint are buffers or BEATs table copies "
              "(ignored); %d speech tokens per clip", name, rank, parts.lora_alpha, ckpt.ignored, SPEECH_TOKENS)
     return SalmonnParts(audio, llm, tokenizer, name)
