@@ -2,9 +2,12 @@
 
     python bench/engine.py --size small            # CPU, ~63M-parameter Qwen2-Audio, random weights
     python bench/engine.py --size full             # GPU, the full Qwen2-Audio-7B architecture in bf16
+    python bench/engine.py --arch salmonn --size small   # CPU, SALMONN with the 7B's proportions, reduced width
 
 Naive = what one would write first: for every question, the processor re-encodes the audio and
-`generate()` answers it (greedy, max_new_tokens=3), and the answer is parsed as yes/no.
+`generate()` answers it (greedy, max_new_tokens=3), and the answer is parsed as yes/no. For
+SALMONN, naive is the original's way: Whisper, BEATs and the Q-Former re-run for every question,
+whose full prompt embeddings go to `generate()`.
 Engine = `Engine.run`: the audio prefix once per window, all yes/no questions in one forward.
 
 Prints one JSON line per P (questions per window): ms per window of each, their ratio, the
@@ -76,11 +79,20 @@ def speech_window(seconds: float, tmp: Path) -> tuple[np.ndarray, bool]:
     return np.resize(audio, n).astype(np.float32) + noise(seconds, 0.003, seed=5), True
 
 
-def make_engine(size: str, device: str, model_dir: Path | None, tmp: Path):
+def make_engine(size: str, device: str, model_dir: Path | None, tmp: Path, arch: str = "qwen2-audio"):
     """tiny/small: built to disk and loaded the daemon's way; full: built in place on the device."""
     from monitor.engine.engine import Engine
     from monitor.engine.loading import Placement
     from monitor.testing import tiny_model
+
+    if arch == "salmonn":
+        from monitor.engine.salmonn.engine import SalmonnEngine
+        from monitor.testing import tiny_salmonn
+
+        folder = model_dir or tiny_salmonn.build(tmp / f"salmonn-{size}", size=size)
+        return SalmonnEngine.load(ModelSettings(backend="salmonn", device=device, salmonn=dict(
+            checkpoint=folder / "checkpoint.pth", beats=folder / "beats.pt", whisper=folder / "whisper",
+            llm=folder / "llm")))
 
     if size == "full":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -98,12 +110,17 @@ def naive_window(engine, audio: np.ndarray, prompts: list[str]) -> list[str]:
 
     answers = []
     for prompt in prompts:
-        inputs = engine.processor(text=engine.layout.render(prompt), audio=audio, sampling_rate=RATE,
-                                  return_tensors="pt").to(engine.device)
-        inputs["input_features"] = inputs["input_features"].to(engine.dtype)
         with torch.inference_mode():
+            if hasattr(engine, "audio"):  # SALMONN: the prompt's embeddings, its audio encoders run again
+                inputs = engine._plain_inputs(engine._fit(audio), prompt)
+                start = 0  # generate() from embeddings returns the new tokens only
+            else:
+                inputs = engine.processor(text=engine.layout.render(prompt), audio=audio, sampling_rate=RATE,
+                                          return_tensors="pt").to(engine.device)
+                inputs["input_features"] = inputs["input_features"].to(engine.dtype)
+                start = inputs["input_ids"].shape[1]
             out = engine.model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        text = engine.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = engine.tokenizer.decode(out[0, start:], skip_special_tokens=True)
         word = text.strip().split()[0].strip(".,!").lower() if text.strip() else ""
         answers.append(word if word in ("yes", "no") else "other")
     return answers
@@ -119,6 +136,7 @@ def timed(fn, sync) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=["qwen2-audio", "salmonn"], default="qwen2-audio")
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for full, else cpu)")
     parser.add_argument("--window", type=float, default=10.0, help="window length in seconds")
@@ -126,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built by monitor.testing.tiny_model")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.arch == "salmonn" and args.size == "full":
+        parser.error("--arch salmonn takes --size tiny or small")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 
     import torch
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir:
         tmp = Path(tmpdir)
-        engine = make_engine(args.size, device, args.model_dir, tmp)
+        engine = make_engine(args.size, device, args.model_dir, tmp, args.arch)
         speech, real_speech = speech_window(args.window, tmp)
         windows = [make_window(speech, seq=0), make_window(noise(args.window, 0.1, seed=3), seq=1, start=len(speech))]
         engine.calibrate(QUESTIONS, args.window)
@@ -169,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             if p == 1:
                 one_question_ms = e_ms
             line = {
-                "bench": "engine", "size": args.size, "params_m": round(params / 1e6, 1), "device": device,
+                "bench": "engine", "arch": args.arch, "size": args.size, "params_m": round(params / 1e6, 1), "device": device,
                 "dtype": engine.placement.dtype, "window_s": args.window, "P": p,
                 "naive_ms": round(n_ms, 1), "engine_ms": round(e_ms, 1), "speedup": round(n_ms / e_ms, 2),
                 "marginal_pct": None if p == 1 else round((e_ms - one_question_ms) / (p - 1) / one_question_ms * 100, 2),

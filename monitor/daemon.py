@@ -672,7 +672,7 @@ def _model_name(config: Config) -> str:
         from monitor.audio.redact import redact_url
 
         return f"{model.name} served at {redact_url(str(model.url))}"
-    return str(model.path or model.id)
+    return model.label
 
 
 def run_daemon(config: Config) -> int:

@@ -365,3 +365,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-qwen2-audio")
     build(out, size="tiny")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_salmonn_dir(tmp_path_factory) -> Path:
+    """A tiny random SALMONN in the released layout: checkpoint.pth, beats.pt, whisper/, llm/."""
+    from monitor.testing.tiny_salmonn import build
+
+    return build(tmp_path_factory.mktemp("tiny-salmonn"))
+
+
+def salmonn_model_section(folder: Path) -> dict:
+    """The `model:` section that runs the tiny SALMONN in `folder` (model.backend: salmonn)."""
+    return {"backend": "salmonn", "device": "cpu",
+            "salmonn": {"checkpoint": str(folder / "checkpoint.pth"), "beats": str(folder / "beats.pt"),
+                        "whisper": str(folder / "whisper"), "llm": str(folder / "llm")}}

@@ -27,7 +27,13 @@ def _openai(settings: ModelSettings) -> Backend:
     return ServedModel.load(settings)
 
 
-BACKENDS: dict[str, Loader] = {"local": _local, "openai": _openai}
+def _salmonn(settings: ModelSettings) -> Backend:
+    from monitor.engine.salmonn.engine import SalmonnEngine
+
+    return SalmonnEngine.load(settings)
+
+
+BACKENDS: dict[str, Loader] = {"local": _local, "openai": _openai, "salmonn": _salmonn}
 
 
 def load_backend(settings: ModelSettings) -> Backend:

@@ -56,6 +56,8 @@ class Clip:
 class Engine:
     """Owns a loaded model and its processor; answers `Request`s with `Result`s."""
 
+    min_seconds = MIN_SECONDS  # shorter audio is zero-padded to this length
+
     def __init__(self, model: Any, processor: Any, settings: ModelSettings, placement: Placement):
         self.model = model
         self.processor = processor
@@ -69,7 +71,7 @@ class Engine:
         self.sample_rate = int(self.features.sampling_rate)
         self.max_samples = int(getattr(self.features, "n_samples", 30 * self.sample_rate))
         try:
-            self.layout = PromptLayout(processor, settings.system_prompt)
+            self.layout = self._prompt_layout()
             yes, no = yes_no_token_ids(self.tokenizer)
         except LayoutError as exc:
             raise ModelLoadError(f"model {self.name}: {exc}") from None
@@ -88,10 +90,22 @@ class Engine:
         self.forward_overhead = FORWARD_OVERHEAD_TOKENS.get(self.device.type, FORWARD_OVERHEAD_TOKENS["cuda"])
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._eos = eos_ids(self._gen_config)
-        self._fast_features = fast_features_agree(self)
-        self.encoder: CroppedEncoder | None = cropped_encoder(self)
+        self._fast_features = self._fast_prefix()
+        self.encoder = self._cropped_encoder()
 
-    # ------------------------------------------------------------------ construction
+    # ------------------------------------------------------------------ construction (subclasses may change the model's side)
+
+    def _prompt_layout(self) -> PromptLayout:
+        """How a prompt splits into the shared audio prefix and each question's suffix."""
+        return PromptLayout(self.processor, self.settings.system_prompt)
+
+    def _fast_prefix(self) -> bool:
+        """Whether the prefix may be built without the processor (only where the self-check passes)."""
+        return fast_features_agree(self)
+
+    def _cropped_encoder(self) -> CroppedEncoder | None:
+        """The audio encoder over each window's own frames (only where the self-check passes)."""
+        return cropped_encoder(self)
 
     @classmethod
     def load(cls, settings: ModelSettings) -> Engine:
@@ -100,13 +114,18 @@ class Engine:
             torch.set_num_threads(settings.cpu_threads)
         placement = resolve_placement(settings)
         started = time.monotonic()
-        model, processor = load_model(settings, placement)
-        engine = cls(model, processor, settings, placement)
+        engine = cls._from_settings(settings, placement)
         log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
                  "up to %d windows per batch)", engine.name, placement.device, placement.dtype,
                  time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids), engine.encoder_path,
                  engine.max_batch)
         return engine
+
+    @classmethod
+    def _from_settings(cls, settings: ModelSettings, placement: Placement) -> Engine:
+        """The engine over the model the settings name, loaded on the placement."""
+        model, processor = load_model(settings, placement)
+        return cls(model, processor, settings, placement)
 
     @property
     def name(self) -> str:
@@ -134,7 +153,7 @@ class Engine:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if len(audio) > self.max_samples:  # the model hears at most 30 s; the processor would cut here too
             audio = audio[: self.max_samples]
-        minimum = int(MIN_SECONDS * self.sample_rate)
+        minimum = int(self.min_seconds * self.sample_rate)
         if len(audio) < minimum:
             audio = np.concatenate([audio, np.zeros(minimum - len(audio), dtype=np.float32)])
         return audio

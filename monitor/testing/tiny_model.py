@@ -11,6 +11,7 @@ config — built offline:
 - the audio encoder takes the real 30-second input (3000 mel frames, 1500 positions).
 
     python -m monitor.testing.tiny_model OUT_DIR --size tiny|served|small|full
+    python -m monitor.testing.tiny_model OUT_DIR --arch salmonn --size tiny|small   (see tiny_salmonn)
 """
 
 from __future__ import annotations
@@ -260,11 +261,20 @@ def build(out_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitor.testing.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint to (created)")
+    parser.add_argument("--arch", choices=["qwen2-audio", "salmonn"], default="qwen2-audio",
+                        help="salmonn: the released SALMONN layout (checkpoint.pth, beats.pt, whisper/, llm/)")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.arch == "salmonn":
+        from monitor.testing import tiny_salmonn
+
+        if args.size not in tiny_salmonn.SIZES or args.dtype != "float32":
+            parser.error(f"--arch salmonn takes --size {' or '.join(tiny_salmonn.SIZES)} and float32")
+        tiny_salmonn.build(args.out_dir, args.size, seed=args.seed)
+        return 0
     build(args.out_dir, args.size, seed=args.seed, dtype=args.dtype)
     return 0
 

@@ -152,7 +152,7 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
         "folder": str(dataset.folder),
         "layout": dataset.layout,
         "rules_path": str(rules.path) if rules.path is not None else None,
-        "model": str(config.model.path or config.model.id),
+        "model": config.model.label,
         "windows": {"length": config.windows.length, "hop": config.windows.hop},
         "tolerance_s": tol,
         "max_fa_per_hour": max_fa_per_hour,

@@ -1,0 +1,1 @@
+"""SALMONN (Whisper + BEATs + window Q-Former + Vicuna with LoRA) from its released checkpoints."""
