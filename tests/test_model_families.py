@@ -1,0 +1,105 @@
+"""Model families behind the engine, and the load-time check that keeps packed scoring honest.
+
+Every family is a tiny random-weight checkpoint of its real architecture, written to disk and
+loaded the daemon's way (`Engine.load`). Its yes/no scores are compared with a reference that
+does not use the engine: the processor, one full forward per question, the whole softmax.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.engine.engine import Engine
+from monitor.engine.settings import ModelSettings
+from monitor.testing.signals import RATE, noise, tone
+
+QUESTIONS = [
+    "Help?",
+    "Is a baby or an infant crying in this recording?",
+    "Is someone falling down or has a person fallen to the floor? Listen for a thud, a crash or a body hitting "
+    "the ground, followed by silence, a groan or someone calling for help; a dropped object such as a pot or a "
+    "book is not a fall, and neither is a door slamming or footsteps on the stairs. Answer yes or no.",
+]
+WINDOWS = {
+    "0.5s noise": noise(0.5, seed=1),
+    "3.7s tone": tone(3.7, 523.0),
+    "30s noise+tone": noise(30.0, 0.05, seed=2) + tone(30.0, 200.0, 0.2),
+}
+
+
+def reference_scores(engine: Engine, audio: np.ndarray, prompt: str) -> tuple[float, float]:
+    """Written independently of the engine: the processor, one full forward, the whole softmax."""
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": prompt}]}]
+    text = engine.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = engine.processor(text=text, audio=audio, sampling_rate=RATE, return_tensors="pt")
+    for unused in getattr(engine.processor, "unused_input_names", None) or []:
+        inputs.pop(unused, None)
+    with torch.no_grad():
+        logits = engine.model(**inputs).logits[0, -1].double()
+    probs = torch.softmax(logits, dim=-1)
+    vocab = engine.tokenizer.get_vocab()
+    words = {i: engine.tokenizer.convert_tokens_to_string([t]).strip().lower() for t, i in vocab.items()}
+    special = set(engine.tokenizer.all_special_ids)
+    p_yes = float(probs[[i for i, w in words.items() if w == "yes" and i not in special]].sum())
+    p_no = float(probs[[i for i, w in words.items() if w == "no" and i not in special]].sum())
+    return p_yes / (p_yes + p_no), p_yes + p_no
+
+
+def largest_difference(engine: Engine, audio: np.ndarray) -> tuple[float, list[float]]:
+    got = engine.score(audio, QUESTIONS)
+    diff = 0.0
+    for prompt in QUESTIONS:
+        want = reference_scores(engine, audio, prompt)
+        diff = max(diff, abs(got[prompt][0] - want[0]), abs(got[prompt][1] - want[1]))
+    return diff, [s for s, _ in got.values()]
+
+
+# ---------------------------------------------------------------------------- the load-time check
+
+
+@pytest.fixture(scope="module")
+def sliding_window_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2-Audio whose language model attends through a 16-token sliding window.
+
+    Its own mask rule (each token sees only the 16 before it) is one the packed row does not
+    follow: packed, a question would see the whole audio prefix.
+    """
+    from monitor.testing.tiny_model import make_model, make_processor
+
+    processor = make_processor()
+    model = make_model("tiny", processor)
+    text = model.config.text_config
+    text.use_sliding_window, text.sliding_window, text.max_window_layers = True, 16, 0
+    text.layer_types = ["sliding_attention"] * text.num_hidden_layers
+    out = tmp_path_factory.mktemp("tiny-sliding")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="monitor.engine"):
+        engine = Engine.load(ModelSettings(path=tiny_model_dir))
+    assert engine.scoring_path == "packed"
+    line = next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
+    assert ": packed (largest difference from the plain forward" in line
+
+
+def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="monitor.engine"):
+        engine = Engine.load(ModelSettings(path=sliding_window_dir))
+    assert engine.scoring_path == "batched"
+    line = next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
+    assert "batched, because packed scoring differs from the plain forward by" in line
+    audio = WINDOWS["3.7s tone"]
+    diff, scores = largest_difference(engine, audio)
+    assert diff < 1e-4, "the batched fallback must give the plain forward's scores"
+    assert max(scores) - min(scores) > 0.02
+    engine.packed = True  # forced: what the engine would have answered without the check
+    forced, _ = largest_difference(engine, audio)
+    assert forced > 1e-3, f"packing was refused but is not wrong here ({forced:.2g}): the test proves nothing"
