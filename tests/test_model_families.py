@@ -103,3 +103,62 @@ def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_di
     engine.packed = True  # forced: what the engine would have answered without the check
     forced, _ = largest_difference(engine, audio)
     assert forced > 1e-3, f"packing was refused but is not wrong here ({forced:.2g}): the test proves nothing"
+
+
+# ---------------------------------------------------------------------------- the families
+
+FAMILIES = ["af3"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
+    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+    from monitor.testing.tiny_model import main
+
+    out = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    assert main([str(out), "--arch", request.param]) == 0
+    handler = _Lines()
+    logger = logging.getLogger("monitor.engine")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        engine = Engine.load(ModelSettings(path=out))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return request.param, engine, handler.lines
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_family_is_loaded_from_its_config_and_scored_packed(family):
+    arch, engine, lines = family
+    assert type(engine.model).__name__ == engine.model.config.architectures[0]
+    assert engine.scoring_path == "packed", lines
+    assert any(": packed (largest difference from the plain forward" in line for line in lines)
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_family_scores_equal_the_plain_forward_of_each_question(family, window):
+    arch, engine, _ = family
+    diff, scores = largest_difference(engine, WINDOWS[window])
+    assert diff < 1e-4, (arch, window)
+    assert max(scores) - min(scores) > 0.02, "scores barely differ: this comparison would prove little"
+
+
+def test_family_answers_text_and_batches_it(family):
+    arch, engine, _ = family
+    audio = WINDOWS["3.7s tone"]
+    alone = engine.answer_text(audio, "Describe the sounds in this recording.", 6)
+    assert alone, arch
+    together = engine.answer_texts([(audio, "Describe the sounds in this recording.", 6),
+                                    (WINDOWS["0.5s noise"], "What is being said?", 4)])
+    assert together[0] == alone
