@@ -7,6 +7,7 @@ does not use the engine: the processor, one full forward per question, the whole
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from monitor.engine.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, noise, tone
+from tests.conftest import need
 
 QUESTIONS = [
     "Help?",
@@ -105,16 +107,37 @@ def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_di
     assert forced > 1e-3, f"packing was refused but is not wrong here ({forced:.2g}): the test proves nothing"
 
 
+def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_model_dir, monkeypatch, caplog):
+    """Packing whose positions run on through the row (each question after the previous ones) is refused."""
+    from monitor.engine import engine as engine_module
+    from monitor.engine.families import TokenPositions
+
+    class RunOn(TokenPositions):
+        def positions(self, packed, prefixes, features):
+            return torch.arange(packed.input_ids.shape[1], device=packed.input_ids.device).expand_as(packed.input_ids)
+
+    monkeypatch.setattr(engine_module, "position_rule", lambda model: RunOn())
+    with caplog.at_level(logging.INFO, logger="monitor.engine"):
+        engine = Engine.load(ModelSettings(path=tiny_model_dir))
+    assert engine.scoring_path == "batched"
+    assert any("batched, because packed scoring differs" in r.getMessage() for r in caplog.records)
+    diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    assert diff < 1e-4
+
+
 # ---------------------------------------------------------------------------- the families
 
-FAMILIES = ["af3"]
+FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
     """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+    from monitor.testing.tiny_families import NEEDS_TORCHVISION
     from monitor.testing.tiny_model import main
 
+    if request.param in NEEDS_TORCHVISION:
+        need(importlib.util.find_spec("torchvision") is not None, f"torchvision (the {request.param} processor needs it)")
     out = tmp_path_factory.mktemp(f"tiny-{request.param}")
     assert main([str(out), "--arch", request.param]) == 0
     handler = _Lines()
@@ -143,6 +166,10 @@ def test_family_is_loaded_from_its_config_and_scored_packed(family):
     arch, engine, lines = family
     assert type(engine.model).__name__ == engine.model.config.architectures[0]
     assert engine.scoring_path == "packed", lines
+    assert ("3-D" in engine.positions.name) == ("omni" in arch)
+    # Qwen3-Omni's audio encoder (transformers 5.24) encodes a batch of clips unlike each alone:
+    # the engine finds it at load and gives each window its own forward.
+    assert engine.batch_windows == (arch != "qwen3_omni"), lines
     assert any(": packed (largest difference from the plain forward" in line for line in lines)
 
 
@@ -162,3 +189,17 @@ def test_family_answers_text_and_batches_it(family):
     together = engine.answer_texts([(audio, "Describe the sounds in this recording.", 6),
                                     (WINDOWS["0.5s noise"], "What is being said?", 4)])
     assert together[0] == alone
+
+
+def test_family_scores_a_batch_of_windows_of_different_lengths_as_each_alone(family):
+    arch, engine, _ = family
+    audios = [WINDOWS["0.5s noise"], WINDOWS["3.7s tone"]]
+    engine.forward_overhead = 10**6  # one forward for both rows, however unequal
+    try:
+        got = engine.score_windows(audios, [QUESTIONS[:2], QUESTIONS[1:]])
+    finally:
+        engine.forward_overhead = 16
+    for audio, scores in zip(audios, got, strict=True):
+        for prompt, (score, mass) in scores.items():
+            want = reference_scores(engine, audio, prompt)
+            assert abs(score - want[0]) < 1e-4 and abs(mass - want[1]) < 1e-4, (arch, prompt)

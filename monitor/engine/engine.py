@@ -25,10 +25,11 @@ import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
 from monitor.engine.encoder import CroppedEncoder, audio_tokens
+from monitor.engine.families import position_rule
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
 from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
-from monitor.engine.selfcheck import cropped_encoder, fast_features_agree, packed_scoring
+from monitor.engine.selfcheck import cropped_encoder, fast_features_agree, packed_scoring, window_batching
 from monitor.engine.settings import ModelSettings
 from monitor.engine.textgen import RowBudgets, eos_ids, left_pad, right_pad, trim
 
@@ -51,6 +52,16 @@ class Clip:
     ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
     features: dict[str, torch.Tensor]  # input_features (1, mel, frames), feature_attention_mask (1, frames)
     frames: int  # valid mel frames
+
+
+def _cat_frames(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Clips' features (or their masks) as one batch, zero-padded on the frame axis to the longest.
+
+    Most processors pad every clip to 30 s; some (Qwen3-Omni's) only to its own length. Padded
+    frames are masked out (mask 0), as the processor itself pads a batch of clips.
+    """
+    frames = max(t.shape[-1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in tensors])
 
 
 class Engine:
@@ -89,8 +100,11 @@ class Engine:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._eos = eos_ids(self._gen_config)
         self._fast_features = fast_features_agree(self)
+        self.positions = position_rule(model)
         self.encoder: CroppedEncoder | None = cropped_encoder(self)
+        self.batch_windows = True  # until checked: whether windows share forwards (and generate() calls)
         self.packed: bool = packed_scoring(self)
+        self.batch_windows = window_batching(self)
 
     # ------------------------------------------------------------------ construction
 
@@ -104,9 +118,9 @@ class Engine:
         model, processor = load_model(settings, placement)
         engine = cls(model, processor, settings, placement)
         log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
-                 "yes/no scoring %s, up to %d windows per batch)", engine.name, placement.device, placement.dtype,
-                 time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids), engine.encoder_path,
-                 engine.scoring_path, engine.max_batch)
+                 "yes/no scoring %s with %s positions, up to %d windows per batch)", engine.name, placement.device,
+                 placement.dtype, time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids),
+                 engine.encoder_path, engine.scoring_path, engine.positions.name, engine.max_batch)
         return engine
 
     @property
@@ -185,7 +199,7 @@ class Engine:
             if keep_ids:
                 inputs["input_ids"] = input_ids
             return inputs
-        return {"input_ids": input_ids, **{k: torch.cat([c.features[k] for c in clips]) for k in clips[0].features}}
+        return {"input_ids": input_ids, **{k: _cat_frames([c.features[k] for c in clips]) for k in clips[0].features}}
 
     # ------------------------------------------------------------------ model calls (subclasses may wrap them)
 
@@ -253,10 +267,13 @@ class Engine:
         rows = [(clip.ids, [ids for _, ids in questions]) for _, clip, questions in shared]
         got: dict[tuple[int, str], tuple[float, float]] = {}
         sizes = [len(prefix) + sum(len(s) for s in suffixes) for prefix, suffixes in rows]
-        for group in group_rows(sizes, self.forward_overhead):
+        groups = group_rows(sizes, self.forward_overhead) if self.batch_windows else [[r] for r in range(len(rows))]
+        for group in groups:
             packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id)
             inputs = self._model_inputs(packed.input_ids, [shared[r][1] for r in group])
-            hidden = self._forward(**inputs, position_ids=packed.position_ids, attention_mask=packed.attention_mask)
+            positions = self.positions.positions(packed, [len(shared[r][1].ids) for r in group],
+                                                 [shared[r][1].features for r in group])
+            hidden = self._forward(**inputs, position_ids=positions, attention_mask=packed.attention_mask)
             keys = [(shared[r][0], p) for r in group for p, _ in shared[r][2]]
             got.update(self._yes_no(hidden[packed.row, packed.last], keys))
         return got
@@ -351,13 +368,14 @@ class Engine:
                 answers[i] = self._decode(out[0, inputs["input_ids"].shape[1]:].tolist(), budget)
             else:
                 batch.append((i, self._clip(audio), suffix, budget))
-        if batch:
-            ids, mask = left_pad([clip.ids + suffix for _, clip, suffix, _ in batch], self._pad_id, self.device)
-            inputs = {**self._model_inputs(ids, [clip for _, clip, _, _ in batch], keep_ids=True), "attention_mask": mask}
-            budgets = [budget for *_, budget in batch]
+        chunks = [batch] if self.batch_windows else [[one] for one in batch]
+        for chunk in (c for c in chunks if c):
+            ids, mask = left_pad([clip.ids + suffix for _, clip, suffix, _ in chunk], self._pad_id, self.device)
+            inputs = {**self._model_inputs(ids, [clip for _, clip, _, _ in chunk], keep_ids=True), "attention_mask": mask}
+            budgets = [budget for *_, budget in chunk]
             top = max(budgets)
             out = self._generate(inputs, top) if min(budgets) == top else self._generate(inputs, top, budgets)
-            for row, (i, *_, budget) in enumerate(batch):
+            for row, (i, *_, budget) in enumerate(chunk):
                 answers[i] = self._decode(out[row, ids.shape[1]:].tolist(), budget)
         return answers
 

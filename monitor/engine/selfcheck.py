@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PROBE_SECONDS = (0.5, 7.3)  # the cropped encoder's probes: an odd and an even frame count, one batch
 PACKING_PROBE_SECONDS = 2.3
+BATCH_PROBE_SECONDS = (0.5, PACKING_PROBE_SECONDS)  # windows of different lengths in one forward
 # Two questions of very different lengths: the second's positions start after the first's in the row.
 PACKING_QUESTIONS = (
     "Is a dog barking?",
@@ -112,7 +113,7 @@ def packed_scoring(engine: Engine) -> bool:
         log.warning("yes/no scoring of %s: batched (packed scoring failed: %s: %s)", engine.name,
                     type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
         return False
-    diff = max(abs(a - b) for q in questions for a, b in zip(packed[(0, q)], plain[q], strict=True))
+    diff = _largest(packed, [plain], questions)
     allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
     if not diff <= allowed:  # NaN fails too
         log.warning("yes/no scoring of %s: batched, because packed scoring differs from the plain forward by %.3g "
@@ -121,4 +122,43 @@ def packed_scoring(engine: Engine) -> bool:
         return False
     log.info("yes/no scoring of %s: packed (largest difference from the plain forward %.3g, allowed %.3g, on a "
              "%g s probe and %d questions)", engine.name, diff, allowed, PACKING_PROBE_SECONDS, len(questions))
+    return True
+
+
+def _largest(got: dict[tuple[int, str], tuple[float, float]], plain: list[dict[str, tuple[float, float]]],
+             questions: list[str]) -> float:
+    """Largest |got - plain| of any score or mass, window by window (NaN if any is NaN)."""
+    diffs = [abs(a - b) for w, want in enumerate(plain) for q in questions
+             for a, b in zip(got[(w, q)], want[q], strict=True)]
+    return float("nan") if any(d != d for d in diffs) else max(diffs)
+
+
+def window_batching(engine: Engine) -> bool:
+    """Whether windows of different lengths answered in one forward get the scores each gets alone.
+
+    Not every audio encoder encodes a batch of clips as it encodes each alone (Qwen3-Omni's, in
+    transformers 5.24, does not); where batching changes scores, each window gets its own forward
+    (and its own generate() for text questions).
+    """
+    audios = [engine._fit(probe(s, engine.sample_rate)) for s in BATCH_PROBE_SECONDS]
+    questions = list(PACKING_QUESTIONS)
+    overhead, engine.forward_overhead = engine.forward_overhead, 10**9  # all windows in one forward
+    try:
+        with torch.inference_mode():
+            score = engine._score_packed if engine.packed else engine._score_batched
+            got = score(audios, [questions] * len(audios))
+            plain = [engine.score_plain(a, questions) for a in audios]
+    except Exception as exc:  # noqa: BLE001 - any doubt means: one window per forward
+        log.warning("windows of %s: one per forward (a batch of windows failed: %s)", engine.name, type(exc).__name__)
+        return False
+    finally:
+        engine.forward_overhead = overhead
+    diff = _largest(got, plain, questions)
+    allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
+    if not diff <= allowed:
+        log.warning("windows of %s: one per forward, because a batch of windows of different lengths differs from "
+                    "each window alone by %.3g (more than %.3g)", engine.name, diff, allowed)
+        return False
+    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g)",
+             engine.name, diff)
     return True

@@ -124,6 +124,12 @@ def _image_processor() -> Any:
     return Qwen2VLImageProcessorPil()
 
 
+def _video_processor() -> Any:
+    from transformers import Qwen2VLVideoProcessor
+
+    return Qwen2VLVideoProcessor()
+
+
 def _qwen_omni_tokens(tok: Any, names: dict[str, str]) -> dict[str, int]:
     return {k: tok.convert_tokens_to_ids(v) for k, v in names.items()}
 
@@ -171,7 +177,7 @@ def qwen2_5_omni(size: str) -> tuple[Any, Any]:
     )
     config.architectures = ["Qwen2_5OmniThinkerForConditionalGeneration"]
     model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    processor = Qwen2_5OmniProcessor(image_processor=_image_processor(), video_processor=None,
+    processor = Qwen2_5OmniProcessor(image_processor=_image_processor(), video_processor=_video_processor(),
                                      feature_extractor=_whisper_features(), tokenizer=tokenizer,
                                      chat_template=QWEN2_5_OMNI_TEMPLATE)
     return model, processor
@@ -186,7 +192,8 @@ def qwen3_omni(size: str) -> tuple[Any, Any]:
     ids = _qwen_omni_tokens(tokenizer, QWEN3_OMNI_NAMES)
     text = dict(TEXT[size])
     hidden = text["hidden_size"]
-    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=text.pop("intermediate_size") // 4)
+    # Expert widths a multiple of 16 bytes: the grouped expert matmul wants aligned strides.
+    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=text.pop("intermediate_size") // 64 * 16)
     config = Qwen3OmniMoeThinkerConfig(
         audio_config=dict(**AUDIO[size], num_mel_bins=128, output_dim=hidden, downsample_hidden_size=32,
                           initializer_range=INIT),
@@ -200,7 +207,7 @@ def qwen3_omni(size: str) -> tuple[Any, Any]:
     )
     config.architectures = ["Qwen3OmniMoeThinkerForConditionalGeneration"]
     model = Qwen3OmniMoeThinkerForConditionalGeneration(config)
-    processor = Qwen3OmniMoeProcessor(image_processor=_image_processor(), video_processor=None,
+    processor = Qwen3OmniMoeProcessor(image_processor=_image_processor(), video_processor=_video_processor(),
                                       feature_extractor=_whisper_features(), tokenizer=tokenizer,
                                       chat_template=QWEN3_OMNI_TEMPLATE)
     return model, processor
