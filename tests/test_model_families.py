@@ -84,19 +84,22 @@ def sliding_window_dir(tmp_path_factory) -> Path:
     return out
 
 
-def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_model_dir, caplog):
+def load_logged(path: Path, caplog) -> tuple[Engine, str]:
+    """The engine loaded from `path`, and the line its yes/no scoring check logged."""
     with caplog.at_level(logging.INFO, logger="monitor.engine"):
-        engine = Engine.load(ModelSettings(path=tiny_model_dir))
+        engine = Engine.load(ModelSettings(path=path))
+    return engine, next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
+
+
+def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_model_dir, caplog):
+    engine, line = load_logged(tiny_model_dir, caplog)
     assert engine.scoring_path == "packed"
-    line = next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
     assert ": packed (largest difference from the plain forward" in line
 
 
 def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="monitor.engine"):
-        engine = Engine.load(ModelSettings(path=sliding_window_dir))
+    engine, line = load_logged(sliding_window_dir, caplog)
     assert engine.scoring_path == "batched"
-    line = next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
     assert "batched, because packed scoring differs from the plain forward by" in line
     audio = WINDOWS["3.7s tone"]
     diff, scores = largest_difference(engine, audio)
@@ -117,10 +120,9 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
             return torch.arange(packed.input_ids.shape[1], device=packed.input_ids.device).expand_as(packed.input_ids)
 
     monkeypatch.setattr(engine_module, "position_rule", lambda model: RunOn())
-    with caplog.at_level(logging.INFO, logger="monitor.engine"):
-        engine = Engine.load(ModelSettings(path=tiny_model_dir))
+    engine, line = load_logged(tiny_model_dir, caplog)
     assert engine.scoring_path == "batched"
-    assert any("batched, because packed scoring differs" in r.getMessage() for r in caplog.records)
+    assert "batched, because packed scoring differs" in line
     diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
     assert diff < 1e-4
 

@@ -21,68 +21,36 @@ from monitor.testing.tiny_model import SAMPLE_RATE, build_tokenizer
 
 log = logging.getLogger(__name__)
 
-# The Qwen2.5-Omni thinker's chat template (Qwen/Qwen2.5-Omni-7B): its own default system turn,
-# the audio as <|audio_bos|><|AUDIO|><|audio_eos|> before the question text.
-QWEN2_5_OMNI_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-    "perceiving auditory and visual inputs, as well as generating text and speech.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content %}<|vision_bos|><|IMAGE|><|vision_eos|>"
-    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_bos|><|AUDIO|><|audio_eos|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_bos|><|VIDEO|><|vision_eos|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+def _chat_template(default_system: str | None, media: dict[str, str]) -> str:
+    """A ChatML template (Qwen's turns) that writes each media item as `media[type]`, where it stands.
 
-# The Qwen3-Omni instruct template: no default system turn, the audio as
-# <|audio_start|><|audio_pad|><|audio_end|> before the text.
-QWEN3_OMNI_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'audio' or 'audio' in content %}<|audio_start|><|audio_pad|><|audio_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    The user's content is written in order, so the audio stands before the question text as the
+    engine asks it; `default_system` is the system turn the template adds when none is given.
+    """
+    system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + default_system
+              + "<|im_end|>\n{% endif %}") if default_system else ""
+    branches = "".join(f"{{% {'if' if i == 0 else 'elif'} content['type'] == '{kind}' or '{kind}' in content %}}{marker}"
+                       for i, (kind, marker) in enumerate(media.items()))
+    return ("{% for message in messages %}" + system + "<|im_start|>{{ message['role'] }}\n"
+            "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+            "{% for content in message['content'] %}" + branches
+            + "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
+            "{% endif %}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-# Audio Flamingo 3 (nvidia/audio-flamingo-3-hf): Qwen2's turns, the audio as <sound> before the question.
-AF3_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content %}<sound>"
-    "{% elif 'text' in content %}{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+# Qwen/Qwen2.5-Omni-7B: its own default system turn, the audio as <|audio_bos|><|AUDIO|><|audio_eos|>.
+QWEN2_5_OMNI_TEMPLATE = _chat_template(
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory and "
+    "visual inputs, as well as generating text and speech.",
+    {"image": "<|vision_bos|><|IMAGE|><|vision_eos|>", "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",
+     "video": "<|vision_bos|><|VIDEO|><|vision_eos|>"})
+# Qwen/Qwen3-Omni-30B-A3B-Instruct: no default system turn, the audio as <|audio_start|><|audio_pad|><|audio_end|>.
+QWEN3_OMNI_TEMPLATE = _chat_template(
+    None, {"image": "<|vision_start|><|image_pad|><|vision_end|>", "audio": "<|audio_start|><|audio_pad|><|audio_end|>",
+           "video": "<|vision_start|><|video_pad|><|vision_end|>"})
+# nvidia/audio-flamingo-3-hf: Qwen2's turns and default system turn, the audio as <sound>.
+AF3_TEMPLATE = _chat_template("You are a helpful assistant.", {"audio": "<sound>"})
 
 # Text-model proportions per size: `tiny` for tests, `small` for CPU benchmarks (128-dim heads).
 TEXT = {
@@ -155,6 +123,14 @@ def _omni_tokenizer(names: dict[str, str]) -> Any:
     return build_tokenizer(extra_special=extra, **names)
 
 
+def _omni_thinker(config: Any, model_class: Any, processor_class: Any, tokenizer: Any, template: str) -> tuple[Any, Any]:
+    """The thinker model of `config`, and an Omni processor (Whisper features, image and video processors)."""
+    config.architectures = [model_class.__name__]
+    processor = processor_class(image_processor=_image_processor(), video_processor=_video_processor(),
+                                feature_extractor=_whisper_features(), tokenizer=tokenizer, chat_template=template)
+    return model_class(config), processor
+
+
 def qwen2_5_omni(size: str) -> tuple[Any, Any]:
     """(model, processor) of a random-weight Qwen2.5-Omni thinker."""
     from transformers import (Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig,
@@ -175,12 +151,8 @@ def qwen2_5_omni(size: str) -> tuple[Any, Any]:
         vision_end_token_id=ids["vision_eos_token"], user_token_id=tokenizer.convert_tokens_to_ids("user"),
         initializer_range=INIT,
     )
-    config.architectures = ["Qwen2_5OmniThinkerForConditionalGeneration"]
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    processor = Qwen2_5OmniProcessor(image_processor=_image_processor(), video_processor=_video_processor(),
-                                     feature_extractor=_whisper_features(), tokenizer=tokenizer,
-                                     chat_template=QWEN2_5_OMNI_TEMPLATE)
-    return model, processor
+    return _omni_thinker(config, Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniProcessor, tokenizer,
+                         QWEN2_5_OMNI_TEMPLATE)
 
 
 def qwen3_omni(size: str) -> tuple[Any, Any]:
@@ -205,12 +177,8 @@ def qwen3_omni(size: str) -> tuple[Any, Any]:
         audio_start_token_id=ids["audio_bos_token"], vision_start_token_id=ids["vision_bos_token"],
         user_token_id=tokenizer.convert_tokens_to_ids("user"), initializer_range=INIT,
     )
-    config.architectures = ["Qwen3OmniMoeThinkerForConditionalGeneration"]
-    model = Qwen3OmniMoeThinkerForConditionalGeneration(config)
-    processor = Qwen3OmniMoeProcessor(image_processor=_image_processor(), video_processor=_video_processor(),
-                                      feature_extractor=_whisper_features(), tokenizer=tokenizer,
-                                      chat_template=QWEN3_OMNI_TEMPLATE)
-    return model, processor
+    return _omni_thinker(config, Qwen3OmniMoeThinkerForConditionalGeneration, Qwen3OmniMoeProcessor, tokenizer,
+                         QWEN3_OMNI_TEMPLATE)
 
 
 def af3(size: str) -> tuple[Any, Any]:
