@@ -205,3 +205,27 @@ def test_family_scores_a_batch_of_windows_of_different_lengths_as_each_alone(fam
         for prompt, (score, mass) in scores.items():
             want = reference_scores(engine, audio, prompt)
             assert abs(score - want[0]) < 1e-4 and abs(mass - want[1]) < 1e-4, (arch, prompt)
+
+
+def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_path):
+    """Qwen/Qwen2.5-Omni-7B ships thinker and talker in one checkpoint: the engine answers with the thinker."""
+    need(importlib.util.find_spec("torchvision") is not None, "torchvision (the Omni processor needs it)")
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from monitor.testing.tiny_families import qwen2_5_omni
+
+    torch.manual_seed(0)
+    thinker, processor = qwen2_5_omni("tiny")
+    config = Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False)
+    config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
+    full = Qwen2_5OmniForConditionalGeneration(config)
+    full.thinker.load_state_dict(thinker.state_dict())
+    full.config.enable_audio_output = True  # as published: the talker is part of the checkpoint's config
+    full.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    torch.save({}, tmp_path / "spk_dict.pt")  # the talker's voices, shipped beside the weights (none here)
+    engine = Engine.load(ModelSettings(path=tmp_path))
+    assert type(engine.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert engine.scoring_path == "packed"
+    diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    assert diff < 1e-4
