@@ -5,7 +5,9 @@ sharing the window's audio prefix (see `packing`); a batch of windows — of one
 goes through that forward together, one row per window. Free-text questions are answered by
 greedy generation, those of a whole batch in one `generate()` (see `textgen`). The audio encoder
 runs over each window's own frames rather than 30 s of padding where the loaded model passes the
-check for it (see `encoder`). Each yes/no score is reported beside its score on silence (the
+check for it (see `encoder`). Packing, and batching windows, are likewise used only where the
+load-time check finds them equal to the plain forward on this model (see `selfcheck`, `families`).
+Each yes/no score is reported beside its score on silence (the
 baseline), because audio LLMs say "yes" too easily and a rule may prefer to threshold on the lift.
 
 An `Engine` is not thread-safe by design: exactly one thread (the `EngineWorker`) owns it.
