@@ -5,7 +5,9 @@ sharing the window's audio prefix (see `packing`); a batch of windows — of one
 goes through that forward together, one row per window. Free-text questions are answered by
 greedy generation, those of a whole batch in one `generate()` (see `textgen`). The audio encoder
 runs over each window's own frames rather than 30 s of padding where the loaded model passes the
-check for it (see `encoder`). Each yes/no score is reported beside its score on silence (the
+check for it (see `encoder`). Packing, and batching windows, are likewise used only where the
+load-time check finds them equal to the plain forward on this model (see `selfcheck`, `families`).
+Each yes/no score is reported beside its score on silence (the
 baseline), because audio LLMs say "yes" too easily and a rule may prefer to threshold on the lift.
 
 An `Engine` is not thread-safe by design: exactly one thread (the `EngineWorker`) owns it.
@@ -25,12 +27,13 @@ import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
 from monitor.engine.encoder import CroppedEncoder, audio_tokens
+from monitor.engine.families import position_rule
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
 from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
-from monitor.engine.selfcheck import cropped_encoder, fast_features_agree
+from monitor.engine.selfcheck import cropped_encoder, fast_features_agree, packed_scoring, window_batching
 from monitor.engine.settings import ModelSettings
-from monitor.engine.textgen import RowBudgets, eos_ids, left_pad, trim
+from monitor.engine.textgen import RowBudgets, eos_ids, left_pad, right_pad, trim
 
 __all__ = ["Engine", "ModelLoadError"]
 
@@ -51,6 +54,16 @@ class Clip:
     ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
     features: dict[str, torch.Tensor]  # input_features (1, mel, frames), feature_attention_mask (1, frames)
     frames: int  # valid mel frames
+
+
+def _cat_frames(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Clips' features (or their masks) as one batch, zero-padded on the frame axis to the longest.
+
+    Most processors pad every clip to 30 s; some (Qwen3-Omni's) only to its own length. Padded
+    frames are masked out (mask 0), as the processor itself pads a batch of clips.
+    """
+    frames = max(t.shape[-1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in tensors])
 
 
 class Engine:
@@ -91,7 +104,11 @@ class Engine:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._eos = eos_ids(self._gen_config)
         self._fast_features = self._fast_prefix()
-        self.encoder = self._cropped_encoder()
+        self.positions = position_rule(model)
+        self.encoder: CroppedEncoder | None = self._cropped_encoder()
+        self.batch_windows = True  # until checked: whether windows share forwards (and generate() calls)
+        self.packed: bool = packed_scoring(self)
+        self.batch_windows = window_batching(self)
 
     # ------------------------------------------------------------------ construction (subclasses may change the model's side)
 
@@ -116,9 +133,9 @@ class Engine:
         started = time.monotonic()
         engine = cls._from_settings(settings, placement)
         log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
-                 "up to %d windows per batch)", engine.name, placement.device, placement.dtype,
-                 time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids), engine.encoder_path,
-                 engine.max_batch)
+                 "yes/no scoring %s with %s positions, up to %d windows per batch)", engine.name, placement.device,
+                 placement.dtype, time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids),
+                 engine.encoder_path, engine.scoring_path, engine.positions.name, engine.max_batch)
         return engine
 
     @classmethod
@@ -141,6 +158,11 @@ class Engine:
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id
         return config
+
+    @property
+    def scoring_path(self) -> str:
+        """"packed" (a window's questions share its prefix in one row) or "batched" (one padded row each)."""
+        return "packed" if self.packed else "batched"
 
     @property
     def encoder_path(self) -> str:
@@ -188,13 +210,17 @@ class Engine:
         the ids and the padded features, for the model's own forward to encode.
         """
         if self.encoder is not None:
-            audio = self.encoder.cropped(torch.cat([c.features["input_features"] for c in clips]),
-                                         [c.frames for c in clips])
+            distinct = list({id(c): c for c in clips}.values())  # a clip shared by rows is encoded once
+            audio = self.encoder.cropped(torch.cat([c.features["input_features"] for c in distinct]),
+                                         [c.frames for c in distinct])
+            if len(distinct) < len(clips):
+                parts = dict(zip(map(id, distinct), audio.split([audio_tokens(c.frames) for c in distinct]), strict=True))
+                audio = torch.cat([parts[id(c)] for c in clips])
             inputs: dict[str, Any] = {"inputs_embeds": self.encoder.embed(input_ids, audio)}
             if keep_ids:
                 inputs["input_ids"] = input_ids
             return inputs
-        return {"input_ids": input_ids, **{k: torch.cat([c.features[k] for c in clips]) for k in clips[0].features}}
+        return {"input_ids": input_ids, **{k: _cat_frames([c.features[k] for c in clips]) for k in clips[0].features}}
 
     # ------------------------------------------------------------------ model calls (subclasses may wrap them)
 
@@ -227,37 +253,74 @@ class Engine:
     @torch.inference_mode()
     def score_windows(self, audios: Sequence[np.ndarray],
                       prompts: Sequence[Sequence[str]]) -> list[dict[str, tuple[float, float]]]:
-        """`score` of several windows, each with its own prompts, in one forward pass for all of them.
+        """`score` of several windows, each with its own prompts.
 
-        Each window is one row of the batch (its prefix and its questions, see `pack_rows`); a
-        question's logits do not depend on the other rows. Windows of very different lengths
-        are split into a few forwards where padding the short ones would cost more than another
-        forward (`group_rows`, `forward_overhead`). Prompts that cannot share the prefix are
-        scored the plain way, each alone.
+        Packed (where the load-time check found it equal to the plain forward): one forward for
+        all windows, each window one row of its prefix and its questions (`_score_packed`).
+        Otherwise batched: per window, one padded batch of its full prompts (`_score_batched`).
+        Prompts that cannot share the prefix are scored the plain way, each alone.
         """
         windows = [self._fit(a) for a in audios]
         unique = [list(dict.fromkeys(p)) for p in prompts]
-        rows: list[tuple[list[int], list[list[int]]]] = []
-        clips: list[Clip] = []
-        asked: list[list[tuple[int, str]]] = []  # per row: (window, prompt) of its questions, in order
+        score = self._score_packed if self.packed else self._score_batched
+        got = score(windows, unique)
+        return [{p: got[(i, p)] if (i, p) in got else self._score_plain_one(windows[i], p) for p in wanted}
+                for i, wanted in enumerate(unique)]
+
+    def _shared(self, windows: Sequence[np.ndarray], unique: Sequence[list[str]]) -> list[tuple[int, Clip, list[tuple[str, list[int]]]]]:
+        """(window index, its clip, [(prompt, suffix ids)]) of every window with prompts that share the prefix."""
+        out = []
         for i, (audio, wanted) in enumerate(zip(windows, unique, strict=True)):
             shared = [(p, ids) for p in wanted if (ids := self.layout.suffix_ids(p)) is not None]
             if shared:
-                clips.append(self._clip(audio))
-                rows.append((clips[-1].ids, [ids for _, ids in shared]))
-                asked.append([(i, p) for p, _ in shared])
+                out.append((i, self._clip(audio), shared))
+        return out
+
+    def _score_packed(self, windows: Sequence[np.ndarray],
+                      unique: Sequence[list[str]]) -> dict[tuple[int, str], tuple[float, float]]:
+        """{(window, prompt): (score, mass)} from packed rows, one per window (see `pack_rows`).
+
+        A question's logits do not depend on the other rows. Windows of very different lengths
+        are split into a few forwards where padding the short ones would cost more than another
+        forward (`group_rows`, `forward_overhead`).
+        """
+        shared = self._shared(windows, unique)
+        rows = [(clip.ids, [ids for _, ids in questions]) for _, clip, questions in shared]
         got: dict[tuple[int, str], tuple[float, float]] = {}
         sizes = [len(prefix) + sum(len(s) for s in suffixes) for prefix, suffixes in rows]
-        for group in group_rows(sizes, self.forward_overhead):
+        groups = group_rows(sizes, self.forward_overhead) if self.batch_windows else [[r] for r in range(len(rows))]
+        for group in groups:
             packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id)
-            inputs = self._model_inputs(packed.input_ids, [clips[r] for r in group])
-            hidden = self._forward(**inputs, position_ids=packed.position_ids, attention_mask=packed.attention_mask)
-            logits = self._head(hidden[packed.row, packed.last])
-            scores, masses = yes_no_from_logits(logits, self.yes_ids, self.no_ids)
-            keys = [key for r in group for key in asked[r]]
-            got.update(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
-        return [{p: got[(i, p)] if (i, p) in got else self._score_plain_one(windows[i], p) for p in wanted}
-                for i, wanted in enumerate(unique)]
+            inputs = self._model_inputs(packed.input_ids, [shared[r][1] for r in group])
+            positions = self.positions.positions(packed, [len(shared[r][1].ids) for r in group],
+                                                 [shared[r][1].features for r in group])
+            hidden = self._forward(**inputs, position_ids=positions, attention_mask=packed.attention_mask)
+            keys = [(shared[r][0], p) for r in group for p, _ in shared[r][2]]
+            got.update(self._yes_no(hidden[packed.row, packed.last], keys))
+        return got
+
+    def _score_batched(self, windows: Sequence[np.ndarray],
+                       unique: Sequence[list[str]]) -> dict[tuple[int, str], tuple[float, float]]:
+        """{(window, prompt): (score, mass)}: per window, its full prompts as one right-padded batch.
+
+        Each row is exactly its plain prompt (the model's own positions and mask rules apply; the
+        padding comes after the last real token, so it changes nothing before it). With the cropped
+        encoder the audio is encoded once per window and shared by the rows.
+        """
+        got: dict[tuple[int, str], tuple[float, float]] = {}
+        for i, clip, questions in self._shared(windows, unique):
+            rows = [clip.ids + ids for _, ids in questions]
+            ids, mask = right_pad(rows, self._pad_id, self.device)
+            inputs = self._model_inputs(ids, [clip] * len(rows))
+            hidden = self._forward(**inputs, attention_mask=mask)
+            last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+            got.update(self._yes_no(hidden[torch.arange(len(rows), device=self.device), last],
+                                    [(i, p) for p, _ in questions]))
+        return got
+
+    def _yes_no(self, last_hidden: torch.Tensor, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[float, float]]:
+        scores, masses = yes_no_from_logits(self._head(last_hidden), self.yes_ids, self.no_ids)
+        return dict(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
 
     @torch.inference_mode()
     def score_plain(self, audio: np.ndarray, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -326,13 +389,14 @@ class Engine:
                 answers[i] = self._decode(out[0, inputs["input_ids"].shape[1]:].tolist(), budget)
             else:
                 batch.append((i, self._clip(audio), suffix, budget))
-        if batch:
-            ids, mask = left_pad([clip.ids + suffix for _, clip, suffix, _ in batch], self._pad_id, self.device)
-            inputs = {**self._model_inputs(ids, [clip for _, clip, _, _ in batch], keep_ids=True), "attention_mask": mask}
-            budgets = [budget for *_, budget in batch]
+        chunks = [batch] if self.batch_windows else [[one] for one in batch]
+        for chunk in (c for c in chunks if c):
+            ids, mask = left_pad([clip.ids + suffix for _, clip, suffix, _ in chunk], self._pad_id, self.device)
+            inputs = {**self._model_inputs(ids, [clip for _, clip, _, _ in chunk], keep_ids=True), "attention_mask": mask}
+            budgets = [budget for *_, budget in chunk]
             top = max(budgets)
             out = self._generate(inputs, top) if min(budgets) == top else self._generate(inputs, top, budgets)
-            for row, (i, *_, budget) in enumerate(batch):
+            for row, (i, *_, budget) in enumerate(chunk):
                 answers[i] = self._decode(out[row, ids.shape[1]:].tolist(), budget)
         return answers
 

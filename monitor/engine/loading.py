@@ -119,9 +119,18 @@ def _check_folder(path: Path) -> None:
             "`hf download` or save_pretrained() wrote")
 
 
+# A full Omni checkpoint holds a thinker (hears, answers in text) and a talker (speaks): it is
+# loaded without the talker, and the thinker alone answers.
+WITH_TALKER = {"qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration",
+               "qwen3_omni_moe": "Qwen3OmniMoeForConditionalGeneration"}
+
+
 def _model_class(config: Any, source: str) -> Any:
     import transformers
 
+    talking = WITH_TALKER.get(getattr(config, "model_type", ""))
+    if talking is not None and hasattr(transformers, talking):
+        return getattr(transformers, talking)
     names = list(getattr(config, "architectures", None) or [])
     for name in names:
         cls = getattr(transformers, name, None)
@@ -169,6 +178,15 @@ def _load_failure(exc: Exception, settings: ModelSettings, placement: Placement,
     if settings.path is None and isinstance(exc, OSError):
         return ModelLoadError(describe_hub_failure(source, exc))
     return ModelLoadError(f"{label} could not be loaded ({_first_line(exc)})")
+
+
+def _thinker(model: Any) -> Any:
+    """The thinker of a full Omni model loaded without its talker, with the checkpoint's generation settings."""
+    thinker = model.thinker
+    if getattr(thinker.generation_config, "eos_token_id", None) is None:
+        thinker.generation_config = model.generation_config
+    log.info("loaded the thinker of %s (text answers; the talker is not loaded)", type(model).__name__)
+    return thinker
 
 
 def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]:
@@ -224,11 +242,14 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
                              "it is not an audio-language model")
     if getattr(processor, "chat_template", None) is None:
         raise ModelLoadError(f"{label} has no chat template in its processor: use an instruction-tuned (chat) model")
+    talker = {"enable_audio_output": False} if getattr(config, "model_type", "") in WITH_TALKER else {}
     try:
         model = cls.from_pretrained(
             source, dtype=dtype, attn_implementation=settings.attn_implementation,
-            device_map=placement.device if placement.device != "cpu" else None, **hub_kwargs,
+            device_map=placement.device if placement.device != "cpu" else None, **talker, **hub_kwargs,
         )
+        if talker:
+            model = _thinker(model)
         if placement.device == "cpu" or getattr(model, "hf_device_map", None) is None:
             model = model.to(placement.device)
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line

@@ -1,9 +1,11 @@
 """What the engine checks on the loaded model before it takes a shortcut.
 
-Both shortcuts restate, for speed, what the processor or the model would do anyway: building
-the prompt prefix without the processor, and running the audio encoder over a window's own
-frames instead of 30 s of padding. Each is used only where it gives this model's own result;
-otherwise the engine takes the model's way, and says so once in the log.
+Each shortcut restates, for speed, what the processor or the model would do anyway: building
+the prompt prefix without the processor, running the audio encoder over a window's own frames
+instead of 30 s of padding, and scoring all of a window's questions in one packed row that
+shares the audio prefix. Each is used only where it gives this model's own result; otherwise
+the engine takes the model's way, and says so once in the log. So a model family whose
+positions or mask rules the packing does not follow gets right scores, only slower.
 """
 
 from __future__ import annotations
@@ -22,6 +24,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROBE_SECONDS = (0.5, 7.3)  # the cropped encoder's probes: an odd and an even frame count, one batch
+PACKING_PROBE_SECONDS = 2.3
+BATCH_PROBE_SECONDS = (0.5, PACKING_PROBE_SECONDS)  # windows of different lengths in one forward
+# Two questions of very different lengths: the second's positions start after the first's in the row.
+PACKING_QUESTIONS = (
+    "Is a dog barking?",
+    "Is someone falling down or has a person fallen to the floor? Listen for a thud, a crash or a body hitting the "
+    "ground, followed by a groan or someone calling for help. Answer yes or no.",
+)
+# Max |packed - plain| of a score (a probability) or its yes+no mass: float32 differs only by
+# summation order; bf16/fp16 round every layer's output.
+SCORE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
 
 def probe(seconds: float, sample_rate: int) -> np.ndarray:
@@ -78,3 +91,74 @@ def cropped_encoder(engine: Engine) -> CroppedEncoder | None:
     log.info("audio encoder of %s: cropped to each window's frames (agrees with the 30 s padded run within %.3g, "
              "allowed %.3g, on %s s probes)", engine.name, diff, allowed, probes)
     return encoder
+
+
+def packed_scoring(engine: Engine) -> bool:
+    """Whether the packed shared-prefix path gives the plain forward's scores on this model.
+
+    Checked on the loaded model (its positions, mask rules, dtype, attention kernel and
+    device) with a probe window and two questions; where it differs, or fails, every window's
+    questions go through the model as one padded batch of full prompts instead.
+    """
+    audio = engine._fit(probe(PACKING_PROBE_SECONDS, engine.sample_rate))
+    questions = [q for q in PACKING_QUESTIONS if engine.layout.suffix_ids(q) is not None]
+    if len(questions) < len(PACKING_QUESTIONS):
+        log.info("yes/no scoring of %s: batched (the probe questions do not split on the audio prefix)", engine.name)
+        return False
+    try:
+        with torch.inference_mode():
+            packed = engine._score_packed([audio], [questions])
+            plain = engine.score_plain(audio, questions)
+    except Exception as exc:  # noqa: BLE001 - any doubt means: the plain prompts, batched
+        log.warning("yes/no scoring of %s: batched (packed scoring failed: %s: %s)", engine.name,
+                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return False
+    diff = _largest(packed, [plain], questions)
+    allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
+    if not diff <= allowed:  # NaN fails too
+        log.warning("yes/no scoring of %s: batched, because packed scoring differs from the plain forward by %.3g "
+                    "(more than %.3g) on a %g s probe and %d questions", engine.name, diff, allowed,
+                    PACKING_PROBE_SECONDS, len(questions))
+        return False
+    log.info("yes/no scoring of %s: packed (largest difference from the plain forward %.3g, allowed %.3g, on a "
+             "%g s probe and %d questions)", engine.name, diff, allowed, PACKING_PROBE_SECONDS, len(questions))
+    return True
+
+
+def _largest(got: dict[tuple[int, str], tuple[float, float]], plain: list[dict[str, tuple[float, float]]],
+             questions: list[str]) -> float:
+    """Largest |got - plain| of any score or mass, window by window (NaN if any is NaN)."""
+    diffs = [abs(a - b) for w, want in enumerate(plain) for q in questions
+             for a, b in zip(got[(w, q)], want[q], strict=True)]
+    return float("nan") if any(d != d for d in diffs) else max(diffs)
+
+
+def window_batching(engine: Engine) -> bool:
+    """Whether windows of different lengths answered in one forward get the scores each gets alone.
+
+    Not every audio encoder encodes a batch of clips as it encodes each alone (Qwen3-Omni's, in
+    transformers 5.24, does not); where batching changes scores, each window gets its own forward
+    (and its own generate() for text questions).
+    """
+    audios = [engine._fit(probe(s, engine.sample_rate)) for s in BATCH_PROBE_SECONDS]
+    questions = list(PACKING_QUESTIONS)
+    overhead, engine.forward_overhead = engine.forward_overhead, 10**9  # all windows in one forward
+    try:
+        with torch.inference_mode():
+            score = engine._score_packed if engine.packed else engine._score_batched
+            got = score(audios, [questions] * len(audios))
+            plain = [engine.score_plain(a, questions) for a in audios]
+    except Exception as exc:  # noqa: BLE001 - any doubt means: one window per forward
+        log.warning("windows of %s: one per forward (a batch of windows failed: %s)", engine.name, type(exc).__name__)
+        return False
+    finally:
+        engine.forward_overhead = overhead
+    diff = _largest(got, plain, questions)
+    allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
+    if not diff <= allowed:
+        log.warning("windows of %s: one per forward, because a batch of windows of different lengths differs from "
+                    "each window alone by %.3g (more than %.3g)", engine.name, diff, allowed)
+        return False
+    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g)",
+             engine.name, diff)
+    return True

@@ -20,15 +20,25 @@ import torch
 from transformers import StoppingCriteria
 
 
-def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), rows right-aligned: generation continues every row at the same column."""
+def _pad(rows: Sequence[list[int]], pad_id: int, device: torch.device | str, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.tensor(row, dtype=torch.long)
+        mask[i, cols] = 1
     return ids.to(device), mask.to(device)
+
+
+def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), rows right-aligned: generation continues every row at the same column."""
+    return _pad(rows, pad_id, device, left=True)
+
+
+def right_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), rows left-aligned: each row's real tokens keep their plain positions."""
+    return _pad(rows, pad_id, device, left=False)
 
 
 class RowBudgets(StoppingCriteria):

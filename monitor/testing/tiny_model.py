@@ -122,8 +122,12 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 4096) -> Any:
-    """A byte-level BPE tokenizer with Qwen2's special tokens, wrapped for transformers."""
+def build_tokenizer(vocab_size: int = 4096, extra_special: tuple[str, ...] = (), **named: str) -> Any:
+    """A byte-level BPE tokenizer with Qwen2's special tokens, wrapped for transformers.
+
+    `extra_special` adds special tokens (another family's markers); `named` names tokens as the
+    family's processor expects them (e.g. image_token="<|IMAGE|>"), overriding Qwen2-Audio's.
+    """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -134,14 +138,15 @@ def build_tokenizer(vocab_size: int = 4096) -> Any:
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    names = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+             **named}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-        additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=32768,
-        audio_token="<|AUDIO|>", audio_bos_token="<|audio_bos|>", audio_eos_token="<|audio_eos|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:] + list(extra_special), model_max_length=32768, **names,
     )
 
 
@@ -261,9 +266,11 @@ def build(out_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitor.testing.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="folder to write the checkpoint to (created)")
-    parser.add_argument("--arch", choices=["qwen2-audio", "salmonn"], default="qwen2-audio",
-                        help="salmonn: the released SALMONN layout (checkpoint.pth, beats.pt, whisper/, llm/)")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--arch", default="qwen2_audio",
+                        help="qwen2_audio; salmonn (the released SALMONN layout: checkpoint.pth, beats.pt, whisper/, "
+                        "llm/; see tiny_salmonn); or another family (monitor.testing.tiny_families: qwen2_5_omni, "
+                        "qwen3_omni, af3; sizes tiny and small)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args(argv)
@@ -274,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.size not in tiny_salmonn.SIZES or args.dtype != "float32":
             parser.error(f"--arch salmonn takes --size {' or '.join(tiny_salmonn.SIZES)} and float32")
         tiny_salmonn.build(args.out_dir, args.size, seed=args.seed)
+        return 0
+    if args.arch != "qwen2_audio":
+        from monitor.testing.tiny_families import build_arch
+
+        build_arch(args.out_dir, args.arch, size=args.size, seed=args.seed)
         return 0
     build(args.out_dir, args.size, seed=args.seed, dtype=args.dtype)
     return 0

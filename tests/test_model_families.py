@@ -1,0 +1,241 @@
+"""Model families behind the engine, and the load-time check that keeps packed scoring honest.
+
+Every family is a tiny random-weight checkpoint of its real architecture, written to disk and
+loaded the daemon's way (`Engine.load`). Its yes/no scores are compared with a reference that
+does not use the engine: the processor, one full forward per question, the whole softmax.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.engine.engine import Engine
+from monitor.engine.settings import ModelSettings
+from monitor.testing.signals import RATE, noise, tone
+
+QUESTIONS = [
+    "Help?",
+    "Is a baby or an infant crying in this recording?",
+    "Is someone falling down or has a person fallen to the floor? Listen for a thud, a crash or a body hitting "
+    "the ground, followed by silence, a groan or someone calling for help; a dropped object such as a pot or a "
+    "book is not a fall, and neither is a door slamming or footsteps on the stairs. Answer yes or no.",
+]
+WINDOWS = {
+    "0.5s noise": noise(0.5, seed=1),
+    "3.7s tone": tone(3.7, 523.0),
+    "30s noise+tone": noise(30.0, 0.05, seed=2) + tone(30.0, 200.0, 0.2),
+}
+
+
+def reference_scores(engine: Engine, audio: np.ndarray, prompt: str) -> tuple[float, float]:
+    """Written independently of the engine: the processor, one full forward, the whole softmax."""
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": prompt}]}]
+    text = engine.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = engine.processor(text=text, audio=audio, sampling_rate=RATE, return_tensors="pt")
+    for unused in getattr(engine.processor, "unused_input_names", None) or []:
+        inputs.pop(unused, None)
+    with torch.no_grad():
+        logits = engine.model(**inputs).logits[0, -1].double()
+    probs = torch.softmax(logits, dim=-1)
+    vocab = engine.tokenizer.get_vocab()
+    words = {i: engine.tokenizer.convert_tokens_to_string([t]).strip().lower() for t, i in vocab.items()}
+    special = set(engine.tokenizer.all_special_ids)
+    p_yes = float(probs[[i for i, w in words.items() if w == "yes" and i not in special]].sum())
+    p_no = float(probs[[i for i, w in words.items() if w == "no" and i not in special]].sum())
+    return p_yes / (p_yes + p_no), p_yes + p_no
+
+
+def largest_difference(engine: Engine, audio: np.ndarray) -> tuple[float, list[float]]:
+    got = engine.score(audio, QUESTIONS)
+    diff = 0.0
+    for prompt in QUESTIONS:
+        want = reference_scores(engine, audio, prompt)
+        diff = max(diff, abs(got[prompt][0] - want[0]), abs(got[prompt][1] - want[1]))
+    return diff, [s for s, _ in got.values()]
+
+
+# ---------------------------------------------------------------------------- the load-time check
+
+
+@pytest.fixture(scope="module")
+def sliding_window_dir(tmp_path_factory) -> Path:
+    """A tiny Qwen2-Audio whose language model attends through a 16-token sliding window.
+
+    Its own mask rule (each token sees only the 16 before it) is one the packed row does not
+    follow: packed, a question would see the whole audio prefix.
+    """
+    from monitor.testing.tiny_model import make_model, make_processor
+
+    processor = make_processor()
+    model = make_model("tiny", processor)
+    text = model.config.text_config
+    text.use_sliding_window, text.sliding_window, text.max_window_layers = True, 16, 0
+    text.layer_types = ["sliding_attention"] * text.num_hidden_layers
+    out = tmp_path_factory.mktemp("tiny-sliding")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def load_logged(path: Path, caplog) -> tuple[Engine, str]:
+    """The engine loaded from `path`, and the line its yes/no scoring check logged."""
+    with caplog.at_level(logging.INFO, logger="monitor.engine"):
+        engine = Engine.load(ModelSettings(path=path))
+    return engine, next(r.getMessage() for r in caplog.records if "yes/no scoring of" in r.getMessage())
+
+
+def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_model_dir, caplog):
+    engine, line = load_logged(tiny_model_dir, caplog)
+    assert engine.scoring_path == "packed"
+    assert ": packed (largest difference from the plain forward" in line
+
+
+def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, caplog):
+    engine, line = load_logged(sliding_window_dir, caplog)
+    assert engine.scoring_path == "batched"
+    assert "batched, because packed scoring differs from the plain forward by" in line
+    audio = WINDOWS["3.7s tone"]
+    diff, scores = largest_difference(engine, audio)
+    assert diff < 1e-4, "the batched fallback must give the plain forward's scores"
+    assert max(scores) - min(scores) > 0.02
+    engine.packed = True  # forced: what the engine would have answered without the check
+    forced, _ = largest_difference(engine, audio)
+    assert forced > 1e-3, f"packing was refused but is not wrong here ({forced:.2g}): the test proves nothing"
+
+
+def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_model_dir, monkeypatch, caplog):
+    """Packing whose positions run on through the row (each question after the previous ones) is refused."""
+    from monitor.engine import engine as engine_module
+    from monitor.engine.families import TokenPositions
+
+    class RunOn(TokenPositions):
+        def positions(self, packed, prefixes, features):
+            return torch.arange(packed.input_ids.shape[1], device=packed.input_ids.device).expand_as(packed.input_ids)
+
+    monkeypatch.setattr(engine_module, "position_rule", lambda model: RunOn())
+    engine, line = load_logged(tiny_model_dir, caplog)
+    assert engine.scoring_path == "batched"
+    assert "batched, because packed scoring differs" in line
+    diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    assert diff < 1e-4
+
+
+# ---------------------------------------------------------------------------- the families
+
+FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3"]
+
+
+def need_torchvision(arch: str) -> None:
+    """The Omni processors need torchvision (transformers builds their video processor even for audio).
+
+    A skip even under CI=true, unlike the suite's other missing parts: `make test` cannot install it
+    on a CPU-only machine, because torchvision publishes no CPU build for this torch on PyPI (its
+    CUDA build's compiled ops do not load on the CPU torch). With a matching torchvision the tests run.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip(f"torchvision is not installed (the {arch} processor needs it)")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
+    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+    from monitor.testing.tiny_families import NEEDS_TORCHVISION
+    from monitor.testing.tiny_model import main
+
+    if request.param in NEEDS_TORCHVISION:
+        need_torchvision(request.param)
+    out = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    assert main([str(out), "--arch", request.param]) == 0
+    handler = _Lines()
+    logger = logging.getLogger("monitor.engine")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        engine = Engine.load(ModelSettings(path=out))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return request.param, engine, handler.lines
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_family_is_loaded_from_its_config_and_scored_packed(family):
+    arch, engine, lines = family
+    assert type(engine.model).__name__ == engine.model.config.architectures[0]
+    assert engine.scoring_path == "packed", lines
+    assert ("3-D" in engine.positions.name) == ("omni" in arch)
+    # Qwen3-Omni's audio encoder (transformers 5.24) encodes a batch of clips unlike each alone:
+    # the engine finds it at load and gives each window its own forward.
+    assert engine.batch_windows == (arch != "qwen3_omni"), lines
+    assert any(": packed (largest difference from the plain forward" in line for line in lines)
+
+
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_family_scores_equal_the_plain_forward_of_each_question(family, window):
+    arch, engine, _ = family
+    diff, scores = largest_difference(engine, WINDOWS[window])
+    assert diff < 1e-4, (arch, window)
+    assert max(scores) - min(scores) > 0.02, "scores barely differ: this comparison would prove little"
+
+
+def test_family_answers_text_and_batches_it(family):
+    arch, engine, _ = family
+    audio = WINDOWS["3.7s tone"]
+    alone = engine.answer_text(audio, "Describe the sounds in this recording.", 6)
+    assert alone, arch
+    together = engine.answer_texts([(audio, "Describe the sounds in this recording.", 6),
+                                    (WINDOWS["0.5s noise"], "What is being said?", 4)])
+    assert together[0] == alone
+
+
+def test_family_scores_a_batch_of_windows_of_different_lengths_as_each_alone(family):
+    arch, engine, _ = family
+    audios = [WINDOWS["0.5s noise"], WINDOWS["3.7s tone"]]
+    engine.forward_overhead = 10**6  # one forward for both rows, however unequal
+    try:
+        got = engine.score_windows(audios, [QUESTIONS[:2], QUESTIONS[1:]])
+    finally:
+        engine.forward_overhead = 16
+    for audio, scores in zip(audios, got, strict=True):
+        for prompt, (score, mass) in scores.items():
+            want = reference_scores(engine, audio, prompt)
+            assert abs(score - want[0]) < 1e-4 and abs(mass - want[1]) < 1e-4, (arch, prompt)
+
+
+def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_path):
+    """Qwen/Qwen2.5-Omni-7B ships thinker and talker in one checkpoint: the engine answers with the thinker."""
+    need_torchvision("qwen2_5_omni")
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from monitor.testing.tiny_families import qwen2_5_omni
+
+    torch.manual_seed(0)
+    thinker, processor = qwen2_5_omni("tiny")
+    config = Qwen2_5OmniConfig(thinker_config=thinker.config.to_dict(), enable_audio_output=False)
+    config.architectures = ["Qwen2_5OmniForConditionalGeneration"]
+    full = Qwen2_5OmniForConditionalGeneration(config)
+    full.thinker.load_state_dict(thinker.state_dict())
+    full.config.enable_audio_output = True  # as published: the talker is part of the checkpoint's config
+    full.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    torch.save({}, tmp_path / "spk_dict.pt")  # the talker's voices, shipped beside the weights (none here)
+    engine = Engine.load(ModelSettings(path=tmp_path))
+    assert type(engine.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert engine.scoring_path == "packed"
+    diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    assert diff < 1e-4
