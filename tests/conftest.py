@@ -367,6 +367,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    """The engine over the tiny Qwen2-Audio, loaded once per module (tests/engine_support.fresh copies it)."""
+    from monitor.engine.engine import Engine
+    from monitor.engine.settings import ModelSettings
+
+    return Engine.load(ModelSettings(path=tiny_model_dir))
+
+
 @pytest.fixture(scope="session")
 def tiny_salmonn_dir(tmp_path_factory) -> Path:
     """A tiny random SALMONN in the released layout: checkpoint.pth, beats.pt, whisper/, llm/."""

@@ -10,6 +10,7 @@ from monitor.engine.api import Question, Request, TextTask
 from monitor.engine.engine import Engine, ModelLoadError
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, make_window, noise, tone
+from tests.engine_support import fresh
 from monitor.windows import Utterance
 
 QUESTIONS = [
@@ -22,15 +23,6 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir) -> Engine:
-    return Engine.load(ModelSettings(path=tiny_model_dir))
-
-
-def fresh(engine: Engine, cls: type[Engine] = Engine, **changes) -> Engine:
-    """A new Engine (own baselines and counters) around the already loaded model."""
-    settings = engine.settings.model_copy(update=changes)
-    return cls(engine.model, engine.processor, settings, engine.placement)
 
 
 def reference_scores(engine: Engine, audio: np.ndarray, prompt: str) -> tuple[float, float]:

@@ -18,6 +18,7 @@ from monitor.engine.encoder import CroppedEncoder, Unsupported, audio_tokens
 from monitor.engine.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, make_window, noise, tone
+from tests.engine_support import fresh
 
 PROMPTS = [
     "Help?",
@@ -38,15 +39,6 @@ ROOMS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir) -> Engine:
-    return Engine.load(ModelSettings(path=tiny_model_dir))
-
-
-def fresh(engine: Engine, cls: type[Engine] = Engine, **changes) -> Engine:
-    """A new Engine (own baselines, counters and load-time checks) around the already loaded model."""
-    settings = engine.settings.model_copy(update=changes)
-    return cls(engine.model, engine.processor, settings, engine.placement)
 
 
 def requests(rooms=ROOMS, texts: dict[str, tuple[TextTask, ...]] | None = None) -> list[Request]:
