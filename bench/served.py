@@ -42,20 +42,12 @@ from monitor.engine.api import Question, Request  # noqa: E402
 from monitor.engine.settings import ModelSettings  # noqa: E402
 from monitor.testing.signals import make_window, noise, tone  # noqa: E402
 
+from engine import QUESTIONS as ENGINE_QUESTIONS  # noqa: E402  (bench/engine.py, beside this file)
+
 REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 NAME = "bench-audio"
-# Phrased like the shipped rules (rules/home.yaml), as in bench/engine.py.
-QUESTIONS = [f"Does this recording contain {thing}? Answer yes or no." for thing in (
-    "a baby or an infant crying",
-    "the sound of a person falling down: a heavy thud or crash followed by a cry, groan or moan of pain",
-    "the sound of glass breaking or shattering",
-    "the loud, repeating, high-pitched beeping of a smoke alarm or carbon monoxide alarm",
-    "a dog barking",
-    "a doorbell ringing or someone knocking on a door",
-    "a person screaming, shrieking, or crying out in fear, pain or distress",
-    "a person coughing",
-)]
+QUESTIONS = ENGINE_QUESTIONS[:8]  # phrased like the shipped rules (rules/home.yaml), as bench/engine.py asks them
 
 log = logging.getLogger("bench.served")
 

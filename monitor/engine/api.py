@@ -11,11 +11,14 @@ served elsewhere, or SALMONN, chosen by `model.backend` (see `monitor.engine.bac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from monitor.windows import Window
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,17 @@ class Request:
     generation: int = 0  # the rule set it was planned under (the rule engine counts reloads)
     source: str = ""  # the source (room) whose window it is
     live: bool = True  # False: a file read as fast as it is answered (batched deterministically, see the worker)
+
+    def text_segments(self) -> Iterator[tuple[TextTask, int, int]]:
+        """Each text task with its segment clipped to the window; a task wholly outside it is logged and skipped."""
+        window = self.window
+        for task in self.texts:
+            start, end = max(task.start, window.start), min(task.end, window.end)
+            if end <= start:
+                log.warning("text question %s asks about samples %d-%d, outside window %d-%d: skipped",
+                            task.key, task.start, task.end, window.start, window.end)
+                continue
+            yield task, start, end
 
 
 @dataclass(frozen=True)

@@ -471,15 +471,9 @@ class Engine:
         segments: list[tuple[int, str, int, int]] = []  # (request, key, start, end)
         questions: list[tuple[np.ndarray, str, int]] = []
         for n, request in enumerate(requests):
-            window = request.window
-            for task in request.texts:
-                start, end = max(task.start, window.start), min(task.end, window.end)
-                if end <= start:
-                    log.warning("text question %s asks about samples %d-%d, outside window %d-%d: skipped",
-                                task.key, task.start, task.end, window.start, window.end)
-                    continue
+            for task, start, end in request.text_segments():
                 segments.append((n, task.key, start, end))
-                questions.append((window.segment(start, end), task.prompt, task.max_new_tokens))
+                questions.append((request.window.segment(start, end), task.prompt, task.max_new_tokens))
         out: list[list[Transcript]] = [[] for _ in requests]
         answers = self.answer_texts(questions) if questions else []
         for (n, key, start, end), text in zip(segments, answers, strict=True):

@@ -332,12 +332,7 @@ class ServedModel:
                 for prompt in dict.fromkeys(q.prompt for q in request.questions):
                     scores[prompt] = self.pool.submit(self._score_one, audio, prompt, deadline)
             texts: list[tuple[str, int, int, cf.Future]] = []
-            for task in request.texts:
-                start, end = max(task.start, window.start), min(task.end, window.end)
-                if end <= start:
-                    log.warning("text question %s asks about samples %d-%d, outside window %d-%d: skipped",
-                                task.key, task.start, task.end, window.start, window.end)
-                    continue
+            for task, start, end in request.text_segments():
                 budget = max(1, min(int(task.max_new_tokens), self.settings.max_new_tokens))
                 clip = wav_base64(window.segment(start, end), window.sample_rate)
                 texts.append((task.key, start, end, self.pool.submit(self._text_one, clip, task.prompt, budget, deadline)))
