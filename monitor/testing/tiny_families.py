@@ -4,9 +4,10 @@ Each builder writes what `tiny_model.build` writes for Qwen2-Audio — model, pr
 extractor, a locally trained tokenizer, a chat template shaped like the real one: in particular
 where it puts the audio) and generation config — for one more architecture:
 
-    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3 [--size tiny|small]
+    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3|voxtral [--size tiny|small]
 
-Only the thinker of an Omni model is built (it answers in text; the talker speaks).
+Only the thinker of an Omni model is built (it answers in text; the talker speaks). Voxtral's
+tokenizer is a mistral_common tekken file instead of a chat template (see `tiny_voxtral`).
 """
 
 from __future__ import annotations
@@ -203,11 +204,22 @@ def af3(size: str) -> tuple[Any, Any]:
     return model, processor
 
 
+def voxtral(size: str, out: Path) -> tuple[Any, Any]:
+    """(model, processor) of a random-weight Voxtral; its tekken.json is written to `out` (see `tiny_voxtral`)."""
+    from monitor.testing.tiny_voxtral import voxtral as build
+
+    return build(size, out)
+
+
 NEEDS_TORCHVISION = ("qwen2_5_omni", "qwen3_omni")
-ARCHS: dict[str, Callable[[str], tuple[Any, Any]]] = {
+NEEDS_MISTRAL_COMMON = ("voxtral",)
+# Builders that write their tokenizer file into the output folder themselves and set their own generation config.
+WRITES_TOKENIZER = ("voxtral",)
+ARCHS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "qwen2_5_omni": qwen2_5_omni,
     "qwen3_omni": qwen3_omni,
     "af3": af3,
+    "voxtral": voxtral,
 }
 
 
@@ -222,12 +234,17 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
     if arch in NEEDS_TORCHVISION and importlib.util.find_spec("torchvision") is None:
         raise RuntimeError(f"{arch}: transformers' processor of this family needs torchvision (its video "
                            "processor); install the torchvision build that matches this torch")
+    if arch in NEEDS_MISTRAL_COMMON and importlib.util.find_spec("mistral_common") is None:
+        raise RuntimeError(f'{arch}: its tokenizer needs mistral_common: pip install "mistral-common[audio]"')
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model, processor = ARCHS[arch](size)
+    if arch in WRITES_TOKENIZER:
+        model, processor = ARCHS[arch](size, out)
+    else:
+        model, processor = ARCHS[arch](size)
+        model.generation_config = _generation(processor.tokenizer)
     model.eval()
-    model.generation_config = _generation(processor.tokenizer)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote a %s random-weight %s (%.1fM parameters) to %s",
