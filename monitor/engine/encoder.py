@@ -76,6 +76,10 @@ class CroppedEncoder:
         pool = getattr(tower.avg_pooler, "kernel_size", None), getattr(tower.avg_pooler, "stride", None)
         if shape != ((3,), (1,), (1,), (3,), (2,), (1,)) or pool != ((2,), (2,)):
             raise Unsupported("the encoder's convolutions or pooling differ from Qwen2-Audio's")
+        first = next((m for m in projector.modules() if isinstance(m, nn.Linear)), None)
+        if first is None or first.in_features != tower.layer_norm.normalized_shape[0]:
+            # Voxtral's projector reads four encoder frames at a time, from an encoder that attends to its padding
+            raise Unsupported("the projector does not take the encoder's pooled frames one by one as Qwen2-Audio's does")
         self.body = body
         self.tower = tower
         self.projector = projector

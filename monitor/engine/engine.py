@@ -29,6 +29,7 @@ from monitor.engine.api import Request, Result, Score, Transcript
 from monitor.engine.encoder import CroppedEncoder, audio_tokens
 from monitor.engine.families import position_rule
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
+from monitor.engine.mistral import MistralLayout, uses_mistral_common
 from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
 from monitor.engine.selfcheck import cropped_encoder, fast_features_agree, packed_scoring, window_batching
@@ -112,8 +113,13 @@ class Engine:
 
     # ------------------------------------------------------------------ construction (subclasses may change the model's side)
 
-    def _prompt_layout(self) -> PromptLayout:
-        """How a prompt splits into the shared audio prefix and each question's suffix."""
+    def _prompt_layout(self) -> PromptLayout | MistralLayout:
+        """How a prompt splits into the shared audio prefix and each question's suffix.
+
+        A chat template's layout, or mistral_common's instruct format where the tokenizer is one (Voxtral).
+        """
+        if uses_mistral_common(self.tokenizer):
+            return MistralLayout(self.processor, self.settings.system_prompt)
         return PromptLayout(self.processor, self.settings.system_prompt)
 
     def _fast_prefix(self) -> bool:
@@ -183,18 +189,10 @@ class Engine:
     def _prefix_fast(self, audio: np.ndarray, extract_on: str | None = None) -> tuple[list[int], dict[str, torch.Tensor]]:
         if extract_on is None:  # the log-mel STFT runs on the model's GPU when there is one
             extract_on = self.placement.device if self.device.type == "cuda" else "cpu"
-        fe = self.features(audio, sampling_rate=self.sample_rate, return_attention_mask=True,
-                           padding="max_length", return_tensors="pt", device=extract_on)
-        frames = int(fe["attention_mask"].sum())
-        ids = self.layout.expand_prefix(audio_tokens(frames))
-        return ids, {"input_features": fe["input_features"], "feature_attention_mask": fe["attention_mask"]}
+        return self.layout.prefix_fast(audio, extract_on)
 
     def _prefix_processor(self, audio: np.ndarray) -> tuple[list[int], dict[str, torch.Tensor]]:
-        out = self.processor(text=self.layout.prefix_text, audio=audio, sampling_rate=self.sample_rate,
-                             return_tensors="pt")
-        ids = out.pop("input_ids")[0].tolist()
-        out.pop("attention_mask", None)
-        return ids, dict(out)
+        return self.layout.prefix_processor(audio)
 
     def _clip(self, audio: np.ndarray) -> Clip:
         ids, feats = self._prefix_fast(audio) if self._fast_features else self._prefix_processor(audio)
@@ -329,8 +327,7 @@ class Engine:
         return {p: self._score_plain_one(audio, p) for p in dict.fromkeys(prompts)}
 
     def _plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
-        inputs = dict(self.processor(text=self.layout.render(prompt), audio=audio, sampling_rate=self.sample_rate,
-                                     return_tensors="pt").to(self.device))
+        inputs = {k: v.to(self.device) for k, v in self.layout.plain_inputs(audio, prompt).items()}
         if "input_features" in inputs:
             inputs["input_features"] = inputs["input_features"].to(self.dtype)
         return inputs

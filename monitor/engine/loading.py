@@ -125,6 +125,25 @@ WITH_TALKER = {"qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration",
                "qwen3_omni_moe": "Qwen3OmniMoeForConditionalGeneration"}
 
 
+# Families whose tokenizer lives in a package transformers does not require: (module, what to install).
+TOKENIZER_PACKAGES = {"voxtral": ("mistral_common", 'pip install "mistral-common[audio]"')}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_tokenizer_package(config: Any, label: str) -> None:
+    """Voxtral's prompts are laid out by mistral_common: without it, say so in one line before loading anything."""
+    model_type = getattr(config, "model_type", "")
+    needed = TOKENIZER_PACKAGES.get(model_type)
+    if needed is not None and not _installed(needed[0]):
+        raise ModelLoadError(f"{label} is a {model_type} model, whose tokenizer needs the {needed[0]} package: "
+                             f"{needed[1]} (or install this project with the [voxtral] extra)")
+
+
 def _model_class(config: Any, source: str) -> Any:
     import transformers
 
@@ -232,6 +251,7 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
     assert config is not None
     hub_kwargs["local_files_only"] = local_only  # found in the cache: never touch the network again
     cls = _model_class(config, source)
+    _check_tokenizer_package(config, label)
     dtype = getattr(torch, placement.dtype)
     try:
         processor = AutoProcessor.from_pretrained(source, **hub_kwargs)
@@ -240,7 +260,8 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{label} has no audio processor (feature extractor + tokenizer): "
                              "it is not an audio-language model")
-    if getattr(processor, "chat_template", None) is None:
+    mistral = type(processor.tokenizer).__name__ == "MistralCommonBackend"  # its instruct format is in the tokenizer
+    if getattr(processor, "chat_template", None) is None and not mistral:
         raise ModelLoadError(f"{label} has no chat template in its processor: use an instruction-tuned (chat) model")
     talker = {"enable_audio_output": False} if getattr(config, "model_type", "") in WITH_TALKER else {}
     try:

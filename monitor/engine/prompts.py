@@ -17,6 +17,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+import torch
+
+from monitor.engine.encoder import audio_tokens
+
 log = logging.getLogger(__name__)
 
 _SENTINEL = "\ue000QUESTION\ue000"  # a private-use character no prompt contains
@@ -82,6 +87,39 @@ class PromptLayout:
         i = self.prefix_ids.index(self.audio_token_id)
         return self.prefix_ids[:i] + [self.audio_token_id] * audio_tokens + self.prefix_ids[i + 1:]
 
+    # ------------------------------------------------------------------ inputs
+
+    def prefix_fast(self, audio: np.ndarray, extract_on: str = "cpu") -> tuple[list[int], dict[str, torch.Tensor]]:
+        """The prefix ids and features without the processor (Qwen2-Audio's conventions: features padded
+        to 30 s with their frame mask, one placeholder per audio embedding)."""
+        features = self.processor.feature_extractor
+        fe = features(audio, sampling_rate=features.sampling_rate, return_attention_mask=True, padding="max_length",
+                      return_tensors="pt", device=extract_on)
+        frames = int(fe["attention_mask"].sum())
+        ids = self.expand_prefix(audio_tokens(frames))
+        return ids, {"input_features": fe["input_features"], "feature_attention_mask": fe["attention_mask"]}
+
+    def prefix_processor(self, audio: np.ndarray) -> tuple[list[int], dict[str, torch.Tensor]]:
+        """The prefix ids and features as the processor makes them."""
+        out = self.processor(text=self.prefix_text, audio=audio, sampling_rate=self.processor.feature_extractor.sampling_rate,
+                             return_tensors="pt")
+        ids = out.pop("input_ids")[0].tolist()
+        out.pop("attention_mask", None)
+        return ids, dict(out)
+
+    def plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
+        """The model's inputs for one question about one clip, as the processor makes them."""
+        return dict(self.processor(text=self.render(prompt), audio=audio,
+                                   sampling_rate=self.processor.feature_extractor.sampling_rate, return_tensors="pt"))
+
+
+def _token_text(tokenizer: Any, token: str, index: int) -> str:
+    """What one token reads as (mistral_common's tokenizers have no convert_tokens_to_string: decode its id)."""
+    try:
+        return tokenizer.convert_tokens_to_string([token])
+    except NotImplementedError:
+        return tokenizer.decode([index])
+
 
 def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     """Ids of every token that reads "yes" or "no" in any casing, with or without a leading space.
@@ -98,7 +136,7 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
         raw = token.lower()
         if "yes" not in raw and "no" not in raw:  # cheap filter before decoding ~150k tokens
             continue
-        text = tokenizer.convert_tokens_to_string([token]).strip().lower()
+        text = _token_text(tokenizer, token, index).strip().lower()
         if text == "yes":
             yes.append(index)
         elif text == "no":
