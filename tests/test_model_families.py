@@ -7,7 +7,9 @@ does not use the engine: the processor, one full forward per question, the whole
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
 import logging
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 from monitor.engine.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, noise, tone
+from tests.conftest import need
 
 QUESTIONS = [
     "Help?",
@@ -33,18 +36,43 @@ WINDOWS = {
 }
 
 
+def reference_inputs(processor, audio: np.ndarray, prompt: str) -> dict:
+    """The processor's inputs for one question about one clip.
+
+    A chat template renders the text and the processor takes the audio beside it; Voxtral's
+    processor (mistral_common's instruct format) takes the clip inside the conversation, as a file.
+    """
+    if type(processor).__name__ == "VoxtralProcessor":
+        import soundfile as sf
+
+        wav = io.BytesIO()
+        sf.write(wav, audio.astype(np.float32), RATE, format="WAV", subtype="FLOAT")
+        clip = {"type": "audio", "base64": base64.b64encode(wav.getvalue()).decode()}
+        messages = [{"role": "user", "content": [clip, {"type": "text", "text": prompt}]}]
+        return dict(processor.apply_chat_template(messages, tokenize=True, return_dict=True))
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=text, audio=audio, sampling_rate=RATE, return_tensors="pt")
+    for unused in getattr(processor, "unused_input_names", None) or []:
+        inputs.pop(unused, None)
+    return dict(inputs)
+
+
+def token_words(tokenizer) -> dict[int, str]:
+    """What every token id reads as, lower-cased and stripped."""
+    try:
+        return {i: tokenizer.convert_tokens_to_string([t]).strip().lower() for t, i in tokenizer.get_vocab().items()}
+    except NotImplementedError:  # mistral_common's tokenizers: decode each id
+        return {i: tokenizer.decode([i]).strip().lower() for i in range(len(tokenizer))}
+
+
 def reference_scores(engine: Engine, audio: np.ndarray, prompt: str) -> tuple[float, float]:
     """Written independently of the engine: the processor, one full forward, the whole softmax."""
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": prompt}]}]
-    text = engine.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = engine.processor(text=text, audio=audio, sampling_rate=RATE, return_tensors="pt")
-    for unused in getattr(engine.processor, "unused_input_names", None) or []:
-        inputs.pop(unused, None)
+    inputs = reference_inputs(engine.processor, audio, prompt)
     with torch.no_grad():
         logits = engine.model(**inputs).logits[0, -1].double()
     probs = torch.softmax(logits, dim=-1)
-    vocab = engine.tokenizer.get_vocab()
-    words = {i: engine.tokenizer.convert_tokens_to_string([t]).strip().lower() for t, i in vocab.items()}
+    words = token_words(engine.tokenizer)
     special = set(engine.tokenizer.all_special_ids)
     p_yes = float(probs[[i for i, w in words.items() if w == "yes" and i not in special]].sum())
     p_no = float(probs[[i for i, w in words.items() if w == "no" and i not in special]].sum())
@@ -128,7 +156,7 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
 
 # ---------------------------------------------------------------------------- the families
 
-FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3"]
+FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "voxtral"]
 
 
 def need_torchvision(arch: str) -> None:
@@ -142,27 +170,56 @@ def need_torchvision(arch: str) -> None:
         pytest.skip(f"torchvision is not installed (the {arch} processor needs it)")
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
-    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
-    from monitor.testing.tiny_families import NEEDS_TORCHVISION
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """checkpoint(arch): the folder of its tiny checkpoint, built once per module."""
+    from monitor.testing.tiny_families import NEEDS_MISTRAL_COMMON, NEEDS_TORCHVISION
     from monitor.testing.tiny_model import main
 
-    if request.param in NEEDS_TORCHVISION:
-        need_torchvision(request.param)
-    out = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    assert main([str(out), "--arch", request.param]) == 0
-    handler = _Lines()
-    logger = logging.getLogger("monitor.engine")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        engine = Engine.load(ModelSettings(path=out))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    return request.param, engine, handler.lines
+    built: dict[str, Path] = {}
+
+    def checkpoint(arch: str) -> Path:
+        if arch in NEEDS_TORCHVISION:
+            need_torchvision(arch)
+        if arch in NEEDS_MISTRAL_COMMON:  # a dev dependency: CI has it
+            need(importlib.util.find_spec("mistral_common") is not None, "mistral_common (the [dev] extra)")
+        if arch not in built:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}")
+            assert main([str(out), "--arch", arch]) == 0
+            built[arch] = out
+        return built[arch]
+
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoints):
+    """loaded(arch): (arch, the engine loaded from its tiny checkpoint, the self-check's log lines), once per module."""
+    engines: dict[str, tuple[str, Engine, list[str]]] = {}
+
+    def load(arch: str) -> tuple[str, Engine, list[str]]:
+        if arch not in engines:
+            out = checkpoints(arch)
+            handler = _Lines()
+            logger = logging.getLogger("monitor.engine")
+            logger.addHandler(handler)
+            level = logger.level
+            logger.setLevel(logging.INFO)
+            try:
+                engine = Engine.load(ModelSettings(path=out))
+            finally:
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+            engines[arch] = (arch, engine, handler.lines)
+        return engines[arch]
+
+    return load
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, loaded) -> tuple[str, Engine, list[str]]:
+    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+    return loaded(request.param)
 
 
 class _Lines(logging.Handler):
@@ -239,3 +296,27 @@ def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_
     assert engine.scoring_path == "packed"
     diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
     assert diff < 1e-4
+
+
+def test_voxtral_lays_out_its_prompt_as_mistral_common_does(loaded):
+    """[BOS][INST][BEGIN_AUDIO][AUDIO] x 375 per 30 s, the question, [/INST]; the engine's layout splits it there."""
+    _, engine, lines = loaded("voxtral")
+    ids = reference_inputs(engine.processor, WINDOWS["3.7s tone"], QUESTIONS[1])["input_ids"][0].tolist()
+    assert ids[:3] == [1, 3, 25] and ids[3:3 + 375] == [24] * 375 and ids[-1] == 4
+    assert engine.layout.prefix_ids == ids[:3 + 375]
+    assert engine.layout.suffix_ids(QUESTIONS[1]) == ids[3 + 375:]
+    assert engine.encoder_path == "padded"  # its encoder attends to the padding: never cropped
+    assert engine._fast_features, lines  # the prefix built without the processor equals the processor's
+
+
+def test_voxtral_without_mistral_common_fails_in_one_line(checkpoints, monkeypatch):
+    from monitor.engine import loading
+    from monitor.engine.loading import ModelLoadError
+
+    folder = checkpoints("voxtral")
+    real = loading._installed
+    monkeypatch.setattr(loading, "_installed", lambda module: module != "mistral_common" and real(module))
+    with pytest.raises(ModelLoadError) as failure:
+        Engine.load(ModelSettings(path=folder))
+    message = str(failure.value)
+    assert "\n" not in message and 'pip install "mistral-common[audio]"' in message, message
