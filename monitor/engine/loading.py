@@ -260,8 +260,9 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise ModelLoadError(f"{label} has no audio processor (feature extractor + tokenizer): "
                              "it is not an audio-language model")
-    mistral = type(processor.tokenizer).__name__ == "MistralCommonBackend"  # its instruct format is in the tokenizer
-    if getattr(processor, "chat_template", None) is None and not mistral:
+    from monitor.engine.mistral import uses_mistral_common  # its instruct format is in the tokenizer, not a template
+
+    if getattr(processor, "chat_template", None) is None and not uses_mistral_common(processor.tokenizer):
         raise ModelLoadError(f"{label} has no chat template in its processor: use an instruction-tuned (chat) model")
     talker = {"enable_audio_output": False} if getattr(config, "model_type", "") in WITH_TALKER else {}
     try:
