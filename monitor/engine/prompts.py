@@ -10,6 +10,11 @@ The prefix is what is expensive (the audio encoder and a few hundred audio token
 computed once per window and shared. Suffixes are tokenised once per distinct prompt and
 cached. A prompt whose tokens do not split cleanly at the boundary (a tokenizer merging across
 it) is flagged so the engine scores it the plain way instead of getting it subtly wrong.
+
+A layout also builds the model's inputs: the prefix the fast way (`prefix_fast`, checked at
+load against `prefix_processor`) and a whole prompt through the processor (`plain_inputs`, the
+reference). Models whose tokenizer is mistral_common's (Voxtral) have no chat template: their
+layout is `mistral.MistralLayout`, with the same methods.
 """
 
 from __future__ import annotations
