@@ -461,7 +461,7 @@ class _Command:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            self.code = self.proc.wait(20)
+            self.code = self.proc.wait(60)  # 2 s when idle; a loaded 2-core machine has taken over 20 s
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.code = self.proc.wait()

@@ -89,6 +89,8 @@ class WebServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.is_alive():  # a slow client or a loaded machine: stop waiting for connections
                 self._server.force_exit = True
-                self._thread.join(1.0)
+                self._thread.join(5.0)
+            if self._thread.is_alive():
+                log.warning("web: the page server did not stop within %.0f s", timeout + 5.0)
