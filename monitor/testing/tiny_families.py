@@ -4,9 +4,11 @@ Each builder writes what `tiny_model.build` writes for Qwen2-Audio — model, pr
 extractor, a locally trained tokenizer, a chat template shaped like the real one: in particular
 where it puts the audio) and generation config — for one more architecture:
 
-    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3 [--size tiny|small]
+    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3|gemma3n [--size tiny|small]
 
-Only the thinker of an Omni model is built (it answers in text; the talker speaks).
+Only the thinker of an Omni model is built (it answers in text; the talker speaks). Gemma 3n is
+written without its vision tower's weights (a timm network; see `audio_only`), as the engine
+loads it; its own tokenizer is in `tiny_gemma`.
 """
 
 from __future__ import annotations
@@ -102,11 +104,10 @@ def _qwen_omni_tokens(tok: Any, names: dict[str, str]) -> dict[str, int]:
     return {k: tok.convert_tokens_to_ids(v) for k, v in names.items()}
 
 
-def _generation(tokenizer: Any) -> Any:
+def _generation(tokenizer: Any, eos: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")) -> Any:
     from transformers import GenerationConfig
 
-    return GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                          tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+    return GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in eos],
                             pad_token_id=tokenizer.pad_token_id, do_sample=False)
 
 
@@ -203,12 +204,21 @@ def af3(size: str) -> tuple[Any, Any]:
     return model, processor
 
 
+def gemma3n(size: str) -> tuple[Any, Any]:
+    """(model, processor) of a random-weight Gemma 3n without its vision tower (see `tiny_gemma`)."""
+    from monitor.testing.tiny_gemma import build
+
+    return build(size, INIT)
+
+
 NEEDS_TORCHVISION = ("qwen2_5_omni", "qwen3_omni")
 ARCHS: dict[str, Callable[[str], tuple[Any, Any]]] = {
     "qwen2_5_omni": qwen2_5_omni,
     "qwen3_omni": qwen3_omni,
     "af3": af3,
+    "gemma3n": gemma3n,
 }
+EOS = {"gemma3n": ("<end_of_turn>", "<eos>")}  # the end of a turn, as in the real generation configs
 
 
 def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0) -> Path:
@@ -217,7 +227,7 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if size not in TEXT:
+    if size not in TEXT:  # every builder has the sizes of TEXT
         raise ValueError(f"size {size!r} is not built for {arch}; choose one of {', '.join(TEXT)}")
     if arch in NEEDS_TORCHVISION and importlib.util.find_spec("torchvision") is None:
         raise RuntimeError(f"{arch}: transformers' processor of this family needs torchvision (its video "
@@ -227,7 +237,7 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
     torch.manual_seed(seed)
     model, processor = ARCHS[arch](size)
     model.eval()
-    model.generation_config = _generation(processor.tokenizer)
+    model.generation_config = _generation(processor.tokenizer, *([EOS[arch]] if arch in EOS else []))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote a %s random-weight %s (%.1fM parameters) to %s",
