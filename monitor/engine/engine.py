@@ -52,18 +52,25 @@ class Clip:
     """One piece of audio ready for the model: its prompt prefix and its features."""
 
     ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
-    features: dict[str, torch.Tensor]  # input_features (1, mel, frames), feature_attention_mask (1, frames)
+    features: dict[str, torch.Tensor]  # input_features (1, mel, frames) and its mask (1, frames), as the processor names them
     frames: int  # valid mel frames
 
 
 def _cat_frames(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Clips' features (or their masks) as one batch, zero-padded on the frame axis to the longest.
+    """Clips' features (or their masks) as one batch, zero-padded to the longest.
 
-    Most processors pad every clip to 30 s; some (Qwen3-Omni's) only to its own length. Padded
-    frames are masked out (mask 0), as the processor itself pads a batch of clips.
+    Most processors pad every clip to 30 s; some (Qwen3-Omni's, Gemma 3n's) only to its own
+    length. Only the frame axis differs between clips — the last one of Whisper's (mel, frames),
+    the middle one of Gemma 3n's (frames, mel) — so every axis is padded to its largest size.
+    Padded frames are masked out (mask 0 / False), as the processor itself pads a batch of clips.
     """
-    frames = max(t.shape[-1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in tensors])
+    largest = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    return torch.cat([torch.nn.functional.pad(t, [n for d in reversed(range(1, t.dim())) for n in (0, largest[d] - t.shape[d])])
+                      for t in tensors])
+
+
+# Where a processor puts which of a clip's frames are real: (mel frames) per clip.
+FRAME_MASKS = ("feature_attention_mask", "input_features_mask")
 
 
 class Engine:
@@ -92,6 +99,8 @@ class Engine:
         self.no_ids = torch.tensor(no, device=self.device)
         self._body = model.base_model if model.base_model is not model else None
         self._head = model.get_output_embeddings()
+        # Gemma's logits are soft-capped after the head (cap * tanh(logits / cap)): applied to the answer rows too.
+        self._softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self._float_mask = self.dtype if settings.attn_implementation == "eager" else None
         self._gen_config = self._generation_config()
         self.baselines: dict[str, float] = {}
@@ -193,13 +202,14 @@ class Engine:
         out = self.processor(text=self.layout.prefix_text, audio=audio, sampling_rate=self.sample_rate,
                              return_tensors="pt")
         ids = out.pop("input_ids")[0].tolist()
-        out.pop("attention_mask", None)
+        for per_token in ("attention_mask", "token_type_ids", "mm_token_type_ids"):  # the prefix's, not the clip's
+            out.pop(per_token, None)
         return ids, dict(out)
 
     def _clip(self, audio: np.ndarray) -> Clip:
         ids, feats = self._prefix_fast(audio) if self._fast_features else self._prefix_processor(audio)
         feats = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
-        mask = feats.get("feature_attention_mask")
+        mask = next((feats[k] for k in FRAME_MASKS if k in feats), None)
         return Clip(ids, feats, int(mask.sum()) if mask is not None else 0)
 
     def _model_inputs(self, input_ids: torch.Tensor, clips: Sequence[Clip], keep_ids: bool = False) -> dict[str, Any]:
@@ -318,8 +328,15 @@ class Engine:
                                     [(i, p) for p, _ in questions]))
         return got
 
+    def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of some rows' last hidden states, as the model's own forward makes them."""
+        logits = self._head(last_hidden)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
     def _yes_no(self, last_hidden: torch.Tensor, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[float, float]]:
-        scores, masses = yes_no_from_logits(self._head(last_hidden), self.yes_ids, self.no_ids)
+        scores, masses = yes_no_from_logits(self._logits(last_hidden), self.yes_ids, self.no_ids)
         return dict(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
 
     @torch.inference_mode()
