@@ -67,8 +67,8 @@ def largest_difference(engine: Engine, audio: np.ndarray) -> tuple[float, list[f
 def sliding_window_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2-Audio whose language model attends through a 16-token sliding window.
 
-    Its own mask rule (each token sees only the 16 before it) is one the packed row does not
-    follow: packed, a question would see the whole audio prefix.
+    Its own mask rule (each token sees only the 16 before it) is one a plain tree mask does not
+    follow: packed with it, a question would see the whole audio prefix.
     """
     from monitor.testing.tiny_model import make_model, make_processor
 
@@ -96,7 +96,22 @@ def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_
     assert ": packed (largest difference from the plain forward" in line
 
 
-def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, caplog):
+def test_a_sliding_window_model_is_packed_with_its_window(sliding_window_dir, caplog):
+    """The packed row narrows the sliding layers' mask to the window, counted in positions."""
+    engine, line = load_logged(sliding_window_dir, caplog)
+    assert engine.sliding_window == 16
+    assert engine.scoring_path == "packed", line
+    for window in ("0.5s noise", "3.7s tone"):
+        diff, scores = largest_difference(engine, WINDOWS[window])
+        assert diff < 1e-4, window
+        assert max(scores) - min(scores) > 0.02
+
+
+def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, monkeypatch, caplog):
+    """Forced window-blind (the tree mask alone on a sliding-window model): the check refuses packing."""
+    from monitor.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "sliding_window", lambda model: None)
     engine, line = load_logged(sliding_window_dir, caplog)
     assert engine.scoring_path == "batched"
     assert "batched, because packed scoring differs from the plain forward by" in line
@@ -128,7 +143,7 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
 
 # ---------------------------------------------------------------------------- the families
 
-FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3"]
+FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "gemma3n"]
 
 
 def need_torchvision(arch: str) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
 from monitor.engine.encoder import CroppedEncoder, audio_tokens
-from monitor.engine.families import position_rule
+from monitor.engine.families import position_rule, sliding_window
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
 from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
 from monitor.engine.prompts import LayoutError, PromptLayout, yes_no_token_ids
@@ -114,6 +114,7 @@ class Engine:
         self._eos = eos_ids(self._gen_config)
         self._fast_features = self._fast_prefix()
         self.positions = position_rule(model)
+        self.sliding_window = sliding_window(model)  # packed rows narrow the sliding layers' mask to it
         self.encoder: CroppedEncoder | None = self._cropped_encoder()
         self.batch_windows = True  # until checked: whether windows share forwards (and generate() calls)
         self.packed: bool = packed_scoring(self)
@@ -142,9 +143,11 @@ class Engine:
         started = time.monotonic()
         engine = cls._from_settings(settings, placement)
         log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
-                 "yes/no scoring %s with %s positions, up to %d windows per batch)", engine.name, placement.device,
+                 "yes/no scoring %s with %s positions%s, up to %d windows per batch)", engine.name, placement.device,
                  placement.dtype, time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids),
-                 engine.encoder_path, engine.scoring_path, engine.positions.name, engine.max_batch)
+                 engine.encoder_path, engine.scoring_path, engine.positions.name,
+                 f" and a {engine.sliding_window}-token sliding window" if engine.sliding_window else "",
+                 engine.max_batch)
         return engine
 
     @classmethod
@@ -300,7 +303,8 @@ class Engine:
         sizes = [len(prefix) + sum(len(s) for s in suffixes) for prefix, suffixes in rows]
         groups = group_rows(sizes, self.forward_overhead) if self.batch_windows else [[r] for r in range(len(rows))]
         for group in groups:
-            packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id)
+            packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id,
+                               self.sliding_window)
             inputs = self._model_inputs(packed.input_ids, [shared[r][1] for r in group])
             positions = self.positions.positions(packed, [len(shared[r][1].ids) for r in group],
                                                  [shared[r][1].features for r in group])
