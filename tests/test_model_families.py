@@ -8,7 +8,9 @@ does not use the engine: the processor, one full forward per question, the whole
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,16 +159,20 @@ def need_torchvision(arch: str) -> None:
         pytest.skip(f"torchvision is not installed (the {arch} processor needs it)")
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
-    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+_LOADED: dict[str, tuple[str, Engine, list[str]]] = {}  # arch -> the family fixture's value, loaded once per module
+
+
+def load_family(arch: str, tmp_path_factory) -> tuple[str, Engine, list[str]]:
+    """(arch, the engine loaded from its tiny checkpoint, the log lines of its load)."""
     from monitor.testing.tiny_families import NEEDS_TORCHVISION
     from monitor.testing.tiny_model import main
 
-    if request.param in NEEDS_TORCHVISION:
-        need_torchvision(request.param)
-    out = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    assert main([str(out), "--arch", request.param]) == 0
+    if arch in _LOADED:
+        return _LOADED[arch]
+    if arch in NEEDS_TORCHVISION:
+        need_torchvision(arch)
+    out = tmp_path_factory.mktemp(f"tiny-{arch}")
+    assert main([str(out), "--arch", arch]) == 0
     handler = _Lines()
     logger = logging.getLogger("monitor.engine")
     logger.addHandler(handler)
@@ -177,7 +183,19 @@ def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    return request.param, engine, handler.lines
+    _LOADED[arch] = (arch, engine, handler.lines)
+    return _LOADED[arch]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory) -> tuple[str, Engine, list[str]]:
+    """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
+    return load_family(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory) -> tuple[str, Engine, list[str]]:
+    return load_family("gemma3n", tmp_path_factory)
 
 
 class _Lines(logging.Handler):
@@ -254,3 +272,90 @@ def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_
     assert engine.scoring_path == "packed"
     diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
     assert diff < 1e-4
+
+
+# ---------------------------------------------------------------------------- Gemma 3n
+
+
+def test_gemma3n_packing_follows_its_sliding_window(gemma):
+    """The tiny Gemma's 32-token window is far shorter than a prompt: window-blind packing would be wrong."""
+    from monitor.engine.selfcheck import packed_scoring
+
+    _, engine, lines = gemma
+    assert engine.sliding_window == 32
+    assert any("packed with 1-D positions and a 32-token sliding window" in line for line in lines), lines
+    audio = WINDOWS["0.5s noise"]  # every clip is 188 audio tokens long
+    assert len(engine._clip(audio).ids) > 4 * engine.sliding_window
+    engine.sliding_window = None  # forced: the tree mask alone for every layer
+    try:
+        forced, _ = largest_difference(engine, audio)
+        checked = packed_scoring(engine)
+    finally:
+        engine.sliding_window = 32
+    assert forced > 1e-3, f"window-blind packing is not wrong here ({forced:.2g}): the test proves nothing"
+    assert checked is False, "the self-check must refuse window-blind packing"
+
+
+def test_gemma3n_answer_logits_are_soft_capped(gemma):
+    _, engine, _ = gemma
+    cap = engine.model.config.get_text_config().final_logit_softcapping
+    assert engine._softcap == cap == 3.0
+    engine._softcap = None  # forced: the head alone, as before soft-capping was applied
+    try:
+        uncapped, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    finally:
+        engine._softcap = cap
+    assert uncapped > 1e-3, f"the soft-cap barely matters here ({uncapped:.2g}): the test proves nothing"
+
+
+def test_gemma3n_gives_every_clip_188_audio_tokens_and_its_published_processor_loads(gemma, tmp_path):
+    """The published checkpoint names the torchvision image processor (SiglipImageProcessorFast) in
+    preprocessor_config.json, beside the audio features' settings: it loads PIL-backed without torchvision."""
+    from transformers import AutoProcessor
+
+    _, engine, _ = gemma
+    audio_id = engine.processor.audio_token_id
+    for window in ("0.5s noise", "30s noise+tone"):
+        assert engine._clip(WINDOWS[window]).ids.count(audio_id) == 188, window
+    source = Path(engine.settings.path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, tmp_path / name)
+    saved = json.loads((source / "processor_config.json").read_text())
+    published = {**saved.pop("feature_extractor"), **saved.pop("image_processor"),
+                 "image_processor_type": "SiglipImageProcessorFast", "processor_class": "Gemma3nProcessor"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(published))
+    (tmp_path / "processor_config.json").write_text(json.dumps(saved))
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(processor).__name__ == "Gemma3nProcessor"
+    assert type(processor.feature_extractor).__name__ == "Gemma3nAudioFeatureExtractor"
+    assert processor.image_processor is not None
+    text = engine.layout.render("Is a dog barking?")
+    ids = processor(text=text, audio=WINDOWS["0.5s noise"], sampling_rate=RATE, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == engine._clip(WINDOWS["0.5s noise"]).ids + engine.layout.suffix_ids("Is a dog barking?")
+
+
+def test_gemma3n_checkpoint_with_vision_weights_loads_without_them_and_answers(gemma, tmp_path, capfd):
+    """The published checkpoint holds the vision tower's weights: they are left unread, quietly."""
+    from safetensors.torch import load_file, save_file
+
+    from monitor.engine.audio_only import AbsentVisionTower
+
+    _, engine, _ = gemma
+    shutil.copytree(Path(engine.settings.path), tmp_path, dirs_exist_ok=True)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.randn(8, 3, 3, 3)
+    weights["model.vision_tower.timm_model.blocks.0.0.conv_exp.weight"] = torch.randn(16, 8, 3, 3)
+    weights["model.vision_tower.timm_model.msfa.norm.weight"] = torch.randn(32)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    capfd.readouterr()
+    loaded = Engine.load(ModelSettings(path=tmp_path))
+    said = capfd.readouterr()
+    assert "vision_tower" not in said.out + said.err, "the vision weights must be ignored quietly"
+    assert type(loaded.model).__name__ == "Gemma3nForConditionalGeneration"
+    assert isinstance(loaded.model.model.vision_tower, AbsentVisionTower)
+    assert not any("vision_tower" in name for name, _ in loaded.model.named_parameters())
+    assert loaded.scoring_path == "packed"
+    audio = WINDOWS["0.5s noise"]
+    got, want = loaded.score(audio, QUESTIONS), engine.score(audio, QUESTIONS)
+    assert [v for q in QUESTIONS for v in got[q]] == pytest.approx([v for q in QUESTIONS for v in want[q]], abs=1e-6)
+    assert loaded.answer_text(audio, "Describe the sounds in this recording.", 4)
