@@ -62,8 +62,7 @@ def without_vision(cls: type, vision_type: str) -> type:
             cls.__init__(self, config, *args, **kwargs)
 
     return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__qualname__": cls.__qualname__, "_keys_to_ignore_on_load_unexpected": ignored,
-                                       "audio_only": True})
+                                       "__qualname__": cls.__qualname__, "_keys_to_ignore_on_load_unexpected": ignored})
 
 
 def audio_only_class(cls: type, config: Any) -> type:

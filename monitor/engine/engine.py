@@ -52,7 +52,7 @@ class Clip:
     """One piece of audio ready for the model: its prompt prefix and its features."""
 
     ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
-    features: dict[str, torch.Tensor]  # input_features (1, mel, frames) and its mask (1, frames), as the processor names them
+    features: dict[str, torch.Tensor]  # input_features and the mask of its frames, named as the processor names them
     frames: int  # valid mel frames
 
 
@@ -65,11 +65,14 @@ def _cat_frames(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     Padded frames are masked out (mask 0 / False), as the processor itself pads a batch of clips.
     """
     largest = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
-    return torch.cat([torch.nn.functional.pad(t, [n for d in reversed(range(1, t.dim())) for n in (0, largest[d] - t.shape[d])])
-                      for t in tensors])
+    padded = []
+    for t in tensors:  # F.pad takes (before, after) pairs from the last axis backwards
+        padded.append(torch.nn.functional.pad(t, [n for d in reversed(range(1, t.dim()))
+                                                  for n in (0, largest[d] - t.shape[d])]))
+    return torch.cat(padded)
 
 
-# Where a processor puts which of a clip's frames are real: (mel frames) per clip.
+# What processors call the mask of a clip's real mel frames (Whisper-style ones; Gemma 3n's).
 FRAME_MASKS = ("feature_attention_mask", "input_features_mask")
 
 
