@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
     parser.add_argument("--arch", default="qwen2_audio", help="model family: qwen2_audio; salmonn (tiny and small); "
-                        "or one of monitor.testing.tiny_families (af3, qwen2_5_omni, qwen3_omni, voxtral; tiny and small)")
+                        "or one of monitor.testing.tiny_families (af3, qwen2_5_omni, qwen3_omni, voxtral, gemma3n; tiny and small)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for full, else cpu)")
     parser.add_argument("--window", type=float, default=10.0, help="window length in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the windows")

@@ -403,3 +403,19 @@ def test_pack_rows_keeps_each_windows_row_as_packed_alone_and_masks_padding():
     ]
     eager = pack_rows([([10, 11, 12], [[20, 21], [30]]), ([40], [[50]])], "cpu", float_mask=torch.float32)
     assert torch.equal(eager.attention_mask == 0, batch.attention_mask)
+
+
+def test_pack_rows_narrows_the_sliding_layers_mask_to_the_window_in_positions():
+    """Window 2: a token sees itself and the key one position before it, as in its question's plain prompt."""
+    from monitor.engine.packing import pack_rows
+
+    packed = pack_rows([([10, 11, 12], [[20, 21], [30]])], "cpu", sliding_window=2)
+    assert set(packed.attention_mask) == {"full_attention", "sliding_attention"}
+    assert packed.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3]
+    assert packed.attention_mask["full_attention"][0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1]]
+    assert packed.attention_mask["sliding_attention"][0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0],
+        [0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0],
+        [0, 0, 1, 0, 0, 1]]  # the second question (position 3) sees the prefix's last token, as alone

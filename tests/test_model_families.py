@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import importlib.util
 import io
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +97,8 @@ def largest_difference(engine: Engine, audio: np.ndarray) -> tuple[float, list[f
 def sliding_window_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2-Audio whose language model attends through a 16-token sliding window.
 
-    Its own mask rule (each token sees only the 16 before it) is one the packed row does not
-    follow: packed, a question would see the whole audio prefix.
+    Its own mask rule (each token sees only the 16 before it) is one a plain tree mask does not
+    follow: packed with it, a question would see the whole audio prefix.
     """
     from monitor.testing.tiny_model import make_model, make_processor
 
@@ -124,7 +126,22 @@ def test_self_check_picks_packed_scoring_where_it_equals_the_plain_forward(tiny_
     assert ": packed (largest difference from the plain forward" in line
 
 
-def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, caplog):
+def test_a_sliding_window_model_is_packed_with_its_window(sliding_window_dir, caplog):
+    """The packed row narrows the sliding layers' mask to the window, counted in positions."""
+    engine, line = load_logged(sliding_window_dir, caplog)
+    assert engine.sliding_window == 16
+    assert engine.scoring_path == "packed", line
+    for window in ("0.5s noise", "3.7s tone"):
+        diff, scores = largest_difference(engine, WINDOWS[window])
+        assert diff < 1e-4, window
+        assert max(scores) - min(scores) > 0.02
+
+
+def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, monkeypatch, caplog):
+    """Forced window-blind (the tree mask alone on a sliding-window model): the check refuses packing."""
+    from monitor.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "sliding_window", lambda model: None)
     engine, line = load_logged(sliding_window_dir, caplog)
     assert engine.scoring_path == "batched"
     assert "batched, because packed scoring differs from the plain forward by" in line
@@ -156,7 +173,7 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
 
 # ---------------------------------------------------------------------------- the families
 
-FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "voxtral"]
+FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "voxtral", "gemma3n"]
 
 
 def need_torchvision(arch: str) -> None:
@@ -220,6 +237,11 @@ def loaded(checkpoints):
 def family(request, loaded) -> tuple[str, Engine, list[str]]:
     """(arch, the engine loaded from its tiny checkpoint, the self-check's log lines)."""
     return loaded(request.param)
+
+
+@pytest.fixture(scope="module")
+def gemma(loaded) -> tuple[str, Engine, list[str]]:
+    return loaded("gemma3n")
 
 
 class _Lines(logging.Handler):
@@ -320,3 +342,90 @@ def test_voxtral_without_mistral_common_fails_in_one_line(checkpoints, monkeypat
         Engine.load(ModelSettings(path=folder))
     message = str(failure.value)
     assert "\n" not in message and 'pip install "mistral-common[audio]"' in message, message
+
+
+# ---------------------------------------------------------------------------- Gemma 3n
+
+
+def test_gemma3n_packing_follows_its_sliding_window(gemma):
+    """The tiny Gemma's 32-token window is far shorter than a prompt: window-blind packing would be wrong."""
+    from monitor.engine.selfcheck import packed_scoring
+
+    _, engine, lines = gemma
+    assert engine.sliding_window == 32
+    assert any("packed with 1-D positions and a 32-token sliding window" in line for line in lines), lines
+    audio = WINDOWS["0.5s noise"]  # every clip is 188 audio tokens long
+    assert len(engine._clip(audio).ids) > 4 * engine.sliding_window
+    engine.sliding_window = None  # forced: the tree mask alone for every layer
+    try:
+        forced, _ = largest_difference(engine, audio)
+        checked = packed_scoring(engine)
+    finally:
+        engine.sliding_window = 32
+    assert forced > 1e-3, f"window-blind packing is not wrong here ({forced:.2g}): the test proves nothing"
+    assert checked is False, "the self-check must refuse window-blind packing"
+
+
+def test_gemma3n_answer_logits_are_soft_capped(gemma):
+    _, engine, _ = gemma
+    cap = engine.model.config.get_text_config().final_logit_softcapping
+    assert engine._softcap == cap == 3.0
+    engine._softcap = None  # forced: the head alone, as before soft-capping was applied
+    try:
+        uncapped, _ = largest_difference(engine, WINDOWS["0.5s noise"])
+    finally:
+        engine._softcap = cap
+    assert uncapped > 1e-3, f"the soft-cap barely matters here ({uncapped:.2g}): the test proves nothing"
+
+
+def test_gemma3n_gives_every_clip_188_audio_tokens_and_its_published_processor_loads(gemma, tmp_path):
+    """The published checkpoint names the torchvision image processor (SiglipImageProcessorFast) in
+    preprocessor_config.json, beside the audio features' settings: it loads PIL-backed without torchvision."""
+    from transformers import AutoProcessor
+
+    _, engine, _ = gemma
+    audio_id = engine.processor.audio_token_id
+    for window in ("0.5s noise", "30s noise+tone"):
+        assert engine._clip(WINDOWS[window]).ids.count(audio_id) == 188, window
+    source = Path(engine.settings.path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, tmp_path / name)
+    saved = json.loads((source / "processor_config.json").read_text())
+    published = {**saved.pop("feature_extractor"), **saved.pop("image_processor"),
+                 "image_processor_type": "SiglipImageProcessorFast", "processor_class": "Gemma3nProcessor"}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(published))
+    (tmp_path / "processor_config.json").write_text(json.dumps(saved))
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(processor).__name__ == "Gemma3nProcessor"
+    assert type(processor.feature_extractor).__name__ == "Gemma3nAudioFeatureExtractor"
+    assert processor.image_processor is not None
+    text = engine.layout.render("Is a dog barking?")
+    ids = processor(text=text, audio=WINDOWS["0.5s noise"], sampling_rate=RATE, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == engine._clip(WINDOWS["0.5s noise"]).ids + engine.layout.suffix_ids("Is a dog barking?")
+
+
+def test_gemma3n_checkpoint_with_vision_weights_loads_without_them_and_answers(gemma, tmp_path, capfd):
+    """The published checkpoint holds the vision tower's weights: they are left unread, quietly."""
+    from safetensors.torch import load_file, save_file
+
+    from monitor.engine.audio_only import AbsentVisionTower
+
+    _, engine, _ = gemma
+    shutil.copytree(Path(engine.settings.path), tmp_path, dirs_exist_ok=True)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.randn(8, 3, 3, 3)
+    weights["model.vision_tower.timm_model.blocks.0.0.conv_exp.weight"] = torch.randn(16, 8, 3, 3)
+    weights["model.vision_tower.timm_model.msfa.norm.weight"] = torch.randn(32)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    capfd.readouterr()
+    loaded = Engine.load(ModelSettings(path=tmp_path))
+    said = capfd.readouterr()
+    assert "vision_tower" not in said.out + said.err, "the vision weights must be ignored quietly"
+    assert type(loaded.model).__name__ == "Gemma3nForConditionalGeneration"
+    assert isinstance(loaded.model.model.vision_tower, AbsentVisionTower)
+    assert not any("vision_tower" in name for name, _ in loaded.model.named_parameters())
+    assert loaded.scoring_path == "packed"
+    audio = WINDOWS["0.5s noise"]
+    got, want = loaded.score(audio, QUESTIONS), engine.score(audio, QUESTIONS)
+    assert [v for q in QUESTIONS for v in got[q]] == pytest.approx([v for q in QUESTIONS for v in want[q]], abs=1e-6)
+    assert loaded.answer_text(audio, "Describe the sounds in this recording.", 4)

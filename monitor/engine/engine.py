@@ -27,7 +27,7 @@ import torch
 
 from monitor.engine.api import Request, Result, Score, Transcript
 from monitor.engine.encoder import CroppedEncoder, audio_tokens
-from monitor.engine.families import position_rule
+from monitor.engine.families import position_rule, sliding_window
 from monitor.engine.loading import ModelLoadError, Placement, is_out_of_memory, load_model, resolve_placement
 from monitor.engine.mistral import MistralLayout, uses_mistral_common
 from monitor.engine.packing import group_rows, pack_rows, yes_no_from_logits
@@ -53,18 +53,28 @@ class Clip:
     """One piece of audio ready for the model: its prompt prefix and its features."""
 
     ids: list[int]  # the prefix ids, the audio placeholder repeated once per audio embedding
-    features: dict[str, torch.Tensor]  # input_features (1, mel, frames), feature_attention_mask (1, frames)
+    features: dict[str, torch.Tensor]  # input_features and the mask of its frames, named as the processor names them
     frames: int  # valid mel frames
 
 
 def _cat_frames(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Clips' features (or their masks) as one batch, zero-padded on the frame axis to the longest.
+    """Clips' features (or their masks) as one batch, zero-padded to the longest.
 
-    Most processors pad every clip to 30 s; some (Qwen3-Omni's) only to its own length. Padded
-    frames are masked out (mask 0), as the processor itself pads a batch of clips.
+    Most processors pad every clip to 30 s; some (Qwen3-Omni's, Gemma 3n's) only to its own
+    length. Only the frame axis differs between clips — the last one of Whisper's (mel, frames),
+    the middle one of Gemma 3n's (frames, mel) — so every axis is padded to its largest size.
+    Padded frames are masked out (mask 0 / False), as the processor itself pads a batch of clips.
     """
-    frames = max(t.shape[-1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in tensors])
+    largest = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+    padded = []
+    for t in tensors:  # F.pad takes (before, after) pairs from the last axis backwards
+        padded.append(torch.nn.functional.pad(t, [n for d in reversed(range(1, t.dim()))
+                                                  for n in (0, largest[d] - t.shape[d])]))
+    return torch.cat(padded)
+
+
+# What processors call the mask of a clip's real mel frames (Whisper-style ones; Gemma 3n's).
+FRAME_MASKS = ("feature_attention_mask", "input_features_mask")
 
 
 class Engine:
@@ -93,6 +103,8 @@ class Engine:
         self.no_ids = torch.tensor(no, device=self.device)
         self._body = model.base_model if model.base_model is not model else None
         self._head = model.get_output_embeddings()
+        # Gemma's logits are soft-capped after the head (cap * tanh(logits / cap)): applied to the answer rows too.
+        self._softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
         self._float_mask = self.dtype if settings.attn_implementation == "eager" else None
         self._gen_config = self._generation_config()
         self.baselines: dict[str, float] = {}
@@ -106,6 +118,7 @@ class Engine:
         self._eos = eos_ids(self._gen_config)
         self._fast_features = self._fast_prefix()
         self.positions = position_rule(model)
+        self.sliding_window = sliding_window(model)  # packed rows narrow the sliding layers' mask to it
         self.encoder: CroppedEncoder | None = self._cropped_encoder()
         self.batch_windows = True  # until checked: whether windows share forwards (and generate() calls)
         self.packed: bool = packed_scoring(self)
@@ -139,9 +152,11 @@ class Engine:
         started = time.monotonic()
         engine = cls._from_settings(settings, placement)
         log.info("model %s loaded on %s as %s in %.1fs (%d yes / %d no answer tokens, audio encoder %s, "
-                 "yes/no scoring %s with %s positions, up to %d windows per batch)", engine.name, placement.device,
+                 "yes/no scoring %s with %s positions%s, up to %d windows per batch)", engine.name, placement.device,
                  placement.dtype, time.monotonic() - started, len(engine.yes_ids), len(engine.no_ids),
-                 engine.encoder_path, engine.scoring_path, engine.positions.name, engine.max_batch)
+                 engine.encoder_path, engine.scoring_path, engine.positions.name,
+                 f" and a {engine.sliding_window}-token sliding window" if engine.sliding_window else "",
+                 engine.max_batch)
         return engine
 
     @classmethod
@@ -197,7 +212,7 @@ class Engine:
     def _clip(self, audio: np.ndarray) -> Clip:
         ids, feats = self._prefix_fast(audio) if self._fast_features else self._prefix_processor(audio)
         feats = {k: v.to(self.device, self.dtype if v.is_floating_point() else v.dtype) for k, v in feats.items()}
-        mask = feats.get("feature_attention_mask")
+        mask = next((feats[k] for k in FRAME_MASKS if k in feats), None)
         return Clip(ids, feats, int(mask.sum()) if mask is not None else 0)
 
     def _model_inputs(self, input_ids: torch.Tensor, clips: Sequence[Clip], keep_ids: bool = False) -> dict[str, Any]:
@@ -288,7 +303,8 @@ class Engine:
         sizes = [len(prefix) + sum(len(s) for s in suffixes) for prefix, suffixes in rows]
         groups = group_rows(sizes, self.forward_overhead) if self.batch_windows else [[r] for r in range(len(rows))]
         for group in groups:
-            packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id)
+            packed = pack_rows([rows[r] for r in group], self.device, self._float_mask, self._pad_id,
+                               self.sliding_window)
             inputs = self._model_inputs(packed.input_ids, [shared[r][1] for r in group])
             positions = self.positions.positions(packed, [len(shared[r][1].ids) for r in group],
                                                  [shared[r][1].features for r in group])
@@ -316,8 +332,15 @@ class Engine:
                                     [(i, p) for p, _ in questions]))
         return got
 
+    def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits of some rows' last hidden states, as the model's own forward makes them."""
+        logits = self._head(last_hidden)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
     def _yes_no(self, last_hidden: torch.Tensor, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[float, float]]:
-        scores, masses = yes_no_from_logits(self._head(last_hidden), self.yes_ids, self.no_ids)
+        scores, masses = yes_no_from_logits(self._logits(last_hidden), self.yes_ids, self.no_ids)
         return dict(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
 
     @torch.inference_mode()

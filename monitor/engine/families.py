@@ -1,4 +1,4 @@
-"""What differs between model families in the packed forward: their position ids.
+"""What differs between model families in the packed forward: their position ids and mask rules.
 
 The packed row (see `packing`) gives every question the 1-D positions it would have alone:
 the prefix's 0..L-1, then L, L+1, ... for each suffix. That is right for a model whose
@@ -8,6 +8,10 @@ ids and its audio's length; text after a multimodal span continues from the span
 position plus one, in all three dimensions. So for them the prefix's positions come from that
 function, and each question's positions continue from there exactly as if it had been asked
 alone.
+
+Mask rules: a model with sliding-window layers (Gemma 3n's, Qwen2's with `use_sliding_window`)
+gets, besides the tree mask of its full layers, a tree narrowed to its window for the sliding
+ones (`sliding_window`; see `packing`).
 
 The family is read off the loaded model (its config decides its class), never from a setting.
 Whatever the family, the load-time check (`selfcheck.packed_scoring`) compares the packed path
@@ -68,3 +72,13 @@ def position_rule(model: Any) -> TokenPositions | RopeIndexPositions:
         if callable(rope_index):
             return RopeIndexPositions(rope_index)
     return TokenPositions()
+
+
+def sliding_window(model: Any) -> int | None:
+    """The window of the loaded model's sliding-attention layers, or None when it has none."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    if window is None or "sliding_attention" not in (getattr(text, "layer_types", None) or []):
+        return None
+    return int(window)

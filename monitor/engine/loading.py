@@ -147,6 +147,8 @@ def _check_tokenizer_package(config: Any, label: str) -> None:
 def _model_class(config: Any, source: str) -> Any:
     import transformers
 
+    from monitor.engine.audio_only import audio_only_class
+
     talking = WITH_TALKER.get(getattr(config, "model_type", ""))
     if talking is not None and hasattr(transformers, talking):
         return getattr(transformers, talking)
@@ -154,7 +156,7 @@ def _model_class(config: Any, source: str) -> Any:
     for name in names:
         cls = getattr(transformers, name, None)
         if cls is not None:
-            return cls
+            return audio_only_class(cls, config)  # Gemma 3n: without the vision tower
     raise ModelLoadError(
         f"model {source} declares architecture {names or '(none)'} which transformers {transformers.__version__} "
         "does not provide: upgrade transformers or choose a supported audio-chat model")

@@ -17,6 +17,14 @@ window instead of twice (prefix pass, then suffix pass) — the dominant cost of
 Several windows (of one room or of many) go through the model together as a batch of such rows,
 right-padded to the longest (`pack_rows`): each row keeps its own tree mask and positions, so
 batching changes no score, and the weights are read once per batch instead of once per window.
+
+A model with sliding-window layers (Gemma 3n: 512 tokens; Qwen2 with `use_sliding_window`) lets
+each token of those layers see only the keys less than `window` positions before it
+(transformers' `sliding_window_overlay`: kv > q - window). Alone, a question's token at position
+p sees keys at positions p - window + 1 .. p; packed, index distance is no measure (a question's
+positions restart after the prefix while its indices run on), so the window is applied to the
+positions: such a model gets one mask per kind of layer, {"full_attention": tree,
+"sliding_attention": tree AND (pos_q - pos_k < window)}, the form its text model accepts.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ class Packed:
 
     input_ids: torch.Tensor  # (B, S)
     position_ids: torch.Tensor  # (B, S)
-    attention_mask: torch.Tensor  # (B, 1, S, S): bool (True = attend), or additive float for eager
+    # (B, 1, S, S): bool (True = attend), or additive float for eager; with a sliding window, one per kind of layer
+    attention_mask: torch.Tensor | dict[str, torch.Tensor]
     last: torch.Tensor  # (P,) index of each suffix's last token in its row
     row: torch.Tensor  # (P,) the row (window) each suffix belongs to
     lengths: list[int]  # real (unpadded) length of each row
@@ -55,14 +64,15 @@ def _tree(n_prefix: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def pack_rows(rows: Sequence[tuple[list[int], list[list[int]]]], device: torch.device | str,
-              float_mask: torch.dtype | None = None, pad_id: int = 0) -> Packed:
+              float_mask: torch.dtype | None = None, pad_id: int = 0, sliding_window: int | None = None) -> Packed:
     """Lay out several windows, each one prefix and its suffixes, as a right-padded batch of tree rows.
 
     Each row is exactly what `pack` makes of that window alone (same ids, positions and mask),
     so its questions' logits do not depend on the other windows of the batch. Padding is never
     attended to by a real token; a padding token attends only to itself, which keeps its
     (unused) hidden state finite — a fully masked row would be NaN, and 0 x NaN in the next
-    layer's attention would leak into real tokens.
+    layer's attention would leak into real tokens. With `sliding_window`, the mask is a dict
+    of the full layers' tree and the sliding layers' windowed tree (see the module's docstring).
     """
     if not rows:
         raise ValueError("nothing to pack")
@@ -85,15 +95,25 @@ def pack_rows(rows: Sequence[tuple[list[int], list[list[int]]]], device: torch.d
         input_ids[r, :n] = torch.tensor(row_ids, dtype=torch.long)
         positions[r, :n] = pos
         allowed[r, :n, :n] = tree
+    mask: torch.Tensor | dict[str, torch.Tensor] = _stored(allowed, device, float_mask)
+    if sliding_window is not None:  # padding sits at position 0 and sees itself: inside any window
+        near = positions[:, :, None] - positions[:, None, :] < sliding_window
+        mask = {"full_attention": mask, "sliding_attention": _stored(allowed & near, device, float_mask)}
+    return Packed(input_ids.to(device), positions.to(device), mask, torch.cat(lasts).to(device),
+                  torch.cat(owners).to(device), sizes)
+
+
+def _stored(allowed: torch.Tensor, device: torch.device | str, float_mask: torch.dtype | None) -> torch.Tensor:
+    """(B, S, S) bool -> the (B, 1, S, S) mask the attention kernels take."""
     if float_mask is not None:  # eager attention adds the mask to the scores
         allowed = torch.zeros(allowed.shape, dtype=float_mask).masked_fill_(~allowed, torch.finfo(float_mask).min)
+    batch, size = allowed.shape[0], allowed.shape[-1]
     # Rows padded to a multiple of 16 elements: CUDA's memory-efficient attention kernel wants the
     # mask's row stride aligned and would otherwise copy it (or fall back to a slower kernel).
     storage = torch.zeros((batch, 1, size, -(-size // 16) * 16), dtype=allowed.dtype, device=device)
     mask = storage[..., :size]
     mask.copy_(allowed[:, None])
-    return Packed(input_ids.to(device), positions.to(device), mask, torch.cat(lasts).to(device),
-                  torch.cat(owners).to(device), sizes)
+    return mask
 
 
 def group_rows(lengths: Sequence[int], overhead: int) -> list[list[int]]:
@@ -124,9 +144,9 @@ def group_rows(lengths: Sequence[int], overhead: int) -> list[list[int]]:
 
 
 def pack(prefix: list[int], suffixes: list[list[int]], device: torch.device | str,
-         float_mask: torch.dtype | None = None) -> Packed:
+         float_mask: torch.dtype | None = None, sliding_window: int | None = None) -> Packed:
     """Lay out one prefix and P suffixes as one row with a tree attention mask."""
-    return pack_rows([(prefix, suffixes)], device, float_mask)
+    return pack_rows([(prefix, suffixes)], device, float_mask, sliding_window=sliding_window)
 
 
 def yes_no_from_logits(logits: torch.Tensor, yes_ids: torch.Tensor, no_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

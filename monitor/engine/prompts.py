@@ -109,7 +109,8 @@ class PromptLayout:
         out = self.processor(text=self.prefix_text, audio=audio, sampling_rate=self.processor.feature_extractor.sampling_rate,
                              return_tensors="pt")
         ids = out.pop("input_ids")[0].tolist()
-        out.pop("attention_mask", None)
+        for per_token in ("attention_mask", "token_type_ids", "mm_token_type_ids"):  # the prefix's, not the clip's
+            out.pop(per_token, None)
         return ids, dict(out)
 
     def plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:

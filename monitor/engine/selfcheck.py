@@ -81,7 +81,8 @@ def cropped_encoder(engine: Engine) -> CroppedEncoder | None:
             ok, diff, allowed = encoder.check(torch.cat([c.features["input_features"] for c in clips]),
                                               [c.frames for c in clips])
     except Exception as exc:  # noqa: BLE001 - any doubt means: the model's own padded encoder
-        log.info("audio encoder of %s: padded to 30 s for every window (cropping unavailable: %s)", engine.name, exc)
+        log.info("audio encoder of %s: the model's own, over the features its processor makes (cropping unavailable: "
+                 "%s)", engine.name, exc)
         return None
     probes = "/".join(f"{s:g}" for s in PROBE_SECONDS)
     if not ok:

@@ -4,10 +4,12 @@ Each builder writes what `tiny_model.build` writes for Qwen2-Audio — model, pr
 extractor, a locally trained tokenizer, a chat template shaped like the real one: in particular
 where it puts the audio) and generation config — for one more architecture:
 
-    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3|voxtral [--size tiny|small]
+    python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3|voxtral|gemma3n [--size tiny|small]
 
 Only the thinker of an Omni model is built (it answers in text; the talker speaks). Voxtral's
 tokenizer is a mistral_common tekken file instead of a chat template (see `tiny_voxtral`).
+Gemma 3n is written without its vision tower's weights (a timm network; see `audio_only`), as the
+engine loads it; its own tokenizer is in `tiny_gemma`.
 """
 
 from __future__ import annotations
@@ -103,11 +105,10 @@ def _qwen_omni_tokens(tok: Any, names: dict[str, str]) -> dict[str, int]:
     return {k: tok.convert_tokens_to_ids(v) for k, v in names.items()}
 
 
-def _generation(tokenizer: Any) -> Any:
+def _generation(tokenizer: Any, eos: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")) -> Any:
     from transformers import GenerationConfig
 
-    return GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                          tokenizer.convert_tokens_to_ids("<|endoftext|>")],
+    return GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in eos],
                             pad_token_id=tokenizer.pad_token_id, do_sample=False)
 
 
@@ -211,6 +212,13 @@ def voxtral(size: str, out: Path) -> tuple[Any, Any]:
     return build(size, out)
 
 
+def gemma3n(size: str) -> tuple[Any, Any]:
+    """(model, processor) of a random-weight Gemma 3n without its vision tower (see `tiny_gemma`)."""
+    from monitor.testing.tiny_gemma import build
+
+    return build(size, INIT)
+
+
 NEEDS_TORCHVISION = ("qwen2_5_omni", "qwen3_omni")
 NEEDS_MISTRAL_COMMON = ("voxtral",)
 # Builders that write their tokenizer file into the output folder themselves and set their own generation config.
@@ -220,7 +228,9 @@ ARCHS: dict[str, Callable[..., tuple[Any, Any]]] = {
     "qwen3_omni": qwen3_omni,
     "af3": af3,
     "voxtral": voxtral,
+    "gemma3n": gemma3n,
 }
+EOS = {"gemma3n": ("<end_of_turn>", "<eos>")}  # the end of a turn, as in the real generation configs
 
 
 def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0) -> Path:
@@ -229,7 +239,7 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if size not in TEXT:
+    if size not in TEXT:  # every builder has the sizes of TEXT
         raise ValueError(f"size {size!r} is not built for {arch}; choose one of {', '.join(TEXT)}")
     if arch in NEEDS_TORCHVISION and importlib.util.find_spec("torchvision") is None:
         raise RuntimeError(f"{arch}: transformers' processor of this family needs torchvision (its video "
@@ -243,7 +253,7 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
         model, processor = ARCHS[arch](size, out)
     else:
         model, processor = ARCHS[arch](size)
-        model.generation_config = _generation(processor.tokenizer)
+        model.generation_config = _generation(processor.tokenizer, *([EOS[arch]] if arch in EOS else []))
     model.eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)

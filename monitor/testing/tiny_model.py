@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="qwen2_audio",
                         help="qwen2_audio; salmonn (the released SALMONN layout: checkpoint.pth, beats.pt, whisper/, "
                         "llm/; see tiny_salmonn); or another family (monitor.testing.tiny_families: qwen2_5_omni, "
-                        "qwen3_omni, af3, voxtral; sizes tiny and small)")
+                        "qwen3_omni, af3, voxtral, gemma3n; sizes tiny and small)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args(argv)
