@@ -436,7 +436,7 @@ class _Command:
 
         self.lines: list[str] = []
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**__import__("os").environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
         self._reader = threading.Thread(target=lambda: self.lines.extend(line.rstrip("\n") for line in self.proc.stdout),
                                         daemon=True)
         self._reader.start()
@@ -462,7 +462,11 @@ class _Command:
             self.proc.send_signal(signal.SIGINT)
         try:
             self.code = self.proc.wait(60)  # 2 s when idle; a loaded 2-core machine has taken over 20 s
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.code = self.proc.wait()
+        except subprocess.TimeoutExpired:  # hung: its threads' stacks into the output (faulthandler), then kill
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.code = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.code = self.proc.wait()
         self._reader.join(5)

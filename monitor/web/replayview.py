@@ -71,11 +71,11 @@ def serve_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Pat
         return 1
     log.info("web page on %s (Ctrl-C to stop)", url)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    # Both signals handled here, not left to KeyboardInterrupt: a process started as a background
+    # job inherits Ctrl-C ignored, and would then never stop on SIGINT.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
         pass
     server.stop()
     return 0
