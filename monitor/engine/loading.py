@@ -125,8 +125,9 @@ WITH_TALKER = {"qwen2_5_omni": "Qwen2_5OmniForConditionalGeneration",
                "qwen3_omni_moe": "Qwen3OmniMoeForConditionalGeneration"}
 
 
-# Families whose tokenizer lives in a package transformers does not require: (module, what to install).
-TOKENIZER_PACKAGES = {"voxtral": ("mistral_common", 'pip install "mistral-common[audio]"')}
+# Families whose tokenizer lives in a package transformers does not require: (module, what to install, this
+# project's extra that brings it).
+TOKENIZER_PACKAGES = {"voxtral": ("mistral_common", 'pip install "mistral-common[audio]"', "voxtral")}
 
 
 def _installed(module: str) -> bool:
@@ -140,8 +141,9 @@ def _check_tokenizer_package(config: Any, label: str) -> None:
     model_type = getattr(config, "model_type", "")
     needed = TOKENIZER_PACKAGES.get(model_type)
     if needed is not None and not _installed(needed[0]):
-        raise ModelLoadError(f"{label} is a {model_type} model, whose tokenizer needs the {needed[0]} package: "
-                             f"{needed[1]} (or install this project with the [voxtral] extra)")
+        module, install, extra = needed
+        raise ModelLoadError(f"{label} is a {model_type} model, whose tokenizer needs the {module} package: "
+                             f"{install} (or install this project with the [{extra}] extra)")
 
 
 def _model_class(config: Any, source: str) -> Any:

@@ -82,11 +82,12 @@ def _mrope(size: str) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [t, h, half - t - h]}
 
 
-def _whisper_features() -> Any:
+def _whisper_features(attention_mask: bool = True) -> Any:
+    """128-bin Whisper features over 30 s (Voxtral's preprocessor config asks for no attention mask)."""
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
-                                   n_fft=400, padding_value=0.0, return_attention_mask=True)
+                                   n_fft=400, padding_value=0.0, return_attention_mask=attention_mask)
 
 
 def _image_processor() -> Any:
@@ -209,7 +210,7 @@ def voxtral(size: str, out: Path) -> tuple[Any, Any]:
     """(model, processor) of a random-weight Voxtral; its tekken.json is written to `out` (see `tiny_voxtral`)."""
     from monitor.testing.tiny_voxtral import voxtral as build
 
-    return build(size, out)
+    return build(size, out, INIT, _whisper_features(attention_mask=False))
 
 
 def gemma3n(size: str) -> tuple[Any, Any]:

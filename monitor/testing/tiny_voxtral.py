@@ -52,24 +52,13 @@ AUDIO = {  # intermediate_size = 4 x hidden_size: the projector reads four encod
     "tiny": dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
     "small": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=6),
 }
-INIT = 0.2  # wider than a trained model's 0.02, so that random answers differ between questions
 
 
 def _byte_decoder() -> dict[str, int]:
     """The byte-level BPE alphabet (one printable character per byte) back to bytes."""
-    from tokenizers import pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    assert set(chars.values()) == set(pre_tokenizers.ByteLevel.alphabet())
-    return {c: b for b, c in chars.items()}
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def tekken(vocab_size: int = 1500) -> dict[str, Any]:
@@ -114,16 +103,11 @@ def tekken(vocab_size: int = 1500) -> dict[str, Any]:
     }
 
 
-def feature_extractor() -> Any:
-    """Whisper features as Voxtral's preprocessor_config.json sets them (128 bins, 30 s, no attention mask)."""
-    from transformers import WhisperFeatureExtractor
+def voxtral(size: str, out: Path, init: float, features: Any) -> tuple[Any, Any]:
+    """(model, processor) of a random-weight Voxtral; the tokenizer file is written to `out` (it is read from disk).
 
-    return WhisperFeatureExtractor(feature_size=128, sampling_rate=SAMPLE_RATE, hop_length=160, chunk_length=30,
-                                   n_fft=400, padding_value=0.0, return_attention_mask=False)
-
-
-def voxtral(size: str, out: Path) -> tuple[Any, Any]:
-    """(model, processor) of a random-weight Voxtral; the tokenizer file is written to `out` (it is read from disk)."""
+    `features`: the Whisper feature extractor as Voxtral's preprocessor config sets it (128 bins, 30 s,
+    no attention mask); `init`: the weights' initializer range."""
     from transformers import GenerationConfig, MistralCommonBackend, VoxtralConfig, VoxtralForConditionalGeneration, \
         VoxtralProcessor
 
@@ -131,13 +115,13 @@ def voxtral(size: str, out: Path) -> tuple[Any, Any]:
     path = out / "tekken.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     tokenizer = MistralCommonBackend(tokenizer_path=str(path))
-    processor = VoxtralProcessor(feature_extractor=feature_extractor(), tokenizer=tokenizer)
+    processor = VoxtralProcessor(feature_extractor=features, tokenizer=tokenizer)
     vocab = data["config"]["default_vocab_size"]
     config = VoxtralConfig(
         audio_config=dict(model_type="voxtral_encoder", **AUDIO[size], num_mel_bins=128, max_source_positions=1500,
-                          initializer_range=INIT),
+                          initializer_range=init),
         text_config=dict(model_type="llama", **TEXT[size], vocab_size=vocab, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5, rope_theta=100_000_000.0, initializer_range=INIT,
+                         rms_norm_eps=1e-5, rope_theta=100_000_000.0, initializer_range=init,
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=11),
         audio_token_id=AUDIO_TOKEN_ID, projector_hidden_act="gelu",
     )
