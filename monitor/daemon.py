@@ -52,8 +52,7 @@ def entity_specs(ruleset: RuleSet) -> list[Any]:
     """Home Assistant entities for the enabled rules."""
     from monitor.publish import EntitySpec
 
-    return [EntitySpec(id=r.id, name=r.name, kind=r.kind, device_class=r.device_class, icon=r.icon)
-            for r in ruleset.rules if r.enabled]
+    return [EntitySpec.of(r) for r in ruleset.rules if r.enabled]
 
 
 class Daemon:

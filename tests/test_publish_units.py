@@ -256,3 +256,26 @@ def test_component_memory_keeps_tombstones_across_restarts(tmp_path: Path) -> No
     assert ComponentMemory(path).update({"a_event": "event", "mute": "switch"}) == {"a_state": "binary_sensor"}
     path.write_text("{broken")
     assert ComponentMemory(path).update({"mute": "switch"}) == {}
+
+
+def test_rule_file_entity_category_and_match_device_class_reach_discovery(tmp_path: Path) -> None:
+    """What a rule file says about its Home Assistant entities is what discovery sends (both were dropped)."""
+    from monitor.daemon import entity_specs
+    from monitor.rules import load_rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: cough, ask: 'Is someone coughing?', device_class: sound, entity_category: diagnostic}\n"
+        "  - {id: speech, answer: text, ask: 'What is said?', entity_category: diagnostic}\n"
+        "  - {id: doorbell_words, from: speech, match: 'door', device_class: doorbell}\n"
+        "  - {id: plain, from: speech, match: 'x'}\n")
+    t = Topics("audio-monitor", "kitchen")
+    c = build_payload(entity_specs(load_rules(rules)), t, "Kitchen", "1", 1)["cmps"]
+    for cid in ("cough_state", "cough_event", "speech_text", "speech_event"):
+        assert c[cid]["entity_category"] == "diagnostic", cid
+    for cid in ("doorbell_words_event", "plain_event"):
+        assert "entity_category" not in c[cid], cid
+    assert c["cough_state"]["device_class"] == "sound" and "device_class" not in c["cough_event"]
+    assert c["doorbell_words_event"]["device_class"] == "doorbell"
+    assert "device_class" not in c["plain_event"]

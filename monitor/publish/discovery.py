@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from monitor.publish.topics import Topics, check_segment
 from monitor.rules.schema import BINARY_SENSOR_CLASSES  # anything else makes Home Assistant reject the entity
+from monitor.rules.schema import EVENT_CLASSES
 from monitor.rules.schema import RuleKind as EntityKind
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ class EntitySpec:
     id: str  # the rule id; names topics and entity unique ids
     name: str
     kind: EntityKind
-    device_class: str | None = None  # binary_sensor device class (yes_no rules)
+    device_class: str | None = None  # yes_no: the binary_sensor's class; match: the event entity's class
     icon: str | None = None  # e.g. "mdi:baby-face-outline"
+    entity_category: str | None = None  # "diagnostic": every entity of the rule is filed under Diagnostic
+
+    @classmethod
+    def of(cls, rule: Any) -> EntitySpec:
+        """The entity spec of a validated rule (any kind)."""
+        return cls(id=rule.id, name=rule.name, kind=rule.kind, device_class=rule.device_class, icon=rule.icon,
+                   entity_category=rule.entity_category)
 
 
 def _availability(topics: Topics) -> dict[str, Any]:
@@ -83,12 +91,7 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int,
             "p": "binary_sensor", "name": spec.name, "unique_id": _unique(topics, f"{spec.id}_state"),
             "state_topic": topics.rule_state(spec.id), "payload_on": "ON", "payload_off": "OFF", "qos": qos, **avail, **icon,
         }
-        if spec.device_class:
-            if spec.device_class in BINARY_SENSOR_CLASSES:
-                comp["device_class"] = spec.device_class
-            else:
-                log.warning("rule %s: device_class %r is not a Home Assistant binary_sensor class; left out "
-                            "(use one of %s)", spec.id, spec.device_class, ", ".join(sorted(BINARY_SENSOR_CLASSES)))
+        comp.update(_device_class(spec, BINARY_SENSOR_CLASSES, "binary_sensor"))
         out[f"{spec.id}_state"] = comp
     if spec.kind == "text":
         out[f"{spec.id}_text"] = {
@@ -96,11 +99,28 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int,
             "state_topic": topics.rule_text(spec.id), "qos": qos, **avail, **(icon or {"icon": "mdi:text-box-outline"}),
         }
     event_name = spec.name if spec.kind == "match" else f"{spec.name} event"
-    out[f"{spec.id}_event"] = {
+    event: dict[str, Any] = {
         "p": "event", "name": event_name, "unique_id": _unique(topics, f"{spec.id}_event"),
         "state_topic": topics.rule_event(spec.id), "event_types": EVENT_TYPES[spec.kind], "qos": qos, **avail, **icon,
     }
+    if spec.kind == "match":  # a match rule's class is its event entity's (button, doorbell, motion)
+        event.update(_device_class(spec, EVENT_CLASSES, "event"))
+    out[f"{spec.id}_event"] = event
+    if spec.entity_category:
+        for component in out.values():
+            component["entity_category"] = spec.entity_category
     return out
+
+
+def _device_class(spec: EntitySpec, allowed: tuple[str, ...], platform: str) -> dict[str, str]:
+    """`{"device_class": ...}` when the rule names one Home Assistant accepts on `platform`, else nothing."""
+    if not spec.device_class:
+        return {}
+    if spec.device_class in allowed:
+        return {"device_class": spec.device_class}
+    log.warning("rule %s: device_class %r is not a Home Assistant %s class; left out (use one of %s)",
+                spec.id, spec.device_class, platform, ", ".join(sorted(allowed)))
+    return {}
 
 
 def fixed_components(topics: Topics, qos: int, layout: Layout = "single",
