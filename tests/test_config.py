@@ -136,3 +136,14 @@ def test_source_must_be_mic_or_file(tmp_path):
 def test_node_id_must_be_a_safe_topic_segment(tmp_path):
     with pytest.raises(ValidationFailed, match="node_id"):
         load_config(write(tmp_path, "node_id: living/room#\n"))
+
+
+def test_scores_topic_defaults_to_two_seconds_once_switched_on(tmp_path):
+    """README: `mqtt.scores.enabled, interval`: `false`, `2s` — also when only `enabled` is written."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  scores: {enabled: true}\n  level: {interval: 5s}\n")
+    mqtt = load_config(path).mqtt
+    assert mqtt.scores.enabled and mqtt.scores.interval == 2.0
+    assert mqtt.level.enabled and mqtt.level.interval == 5.0
+    defaults = load_config(path, ["mqtt.scores.enabled=false"]).mqtt
+    assert not defaults.scores.enabled and defaults.scores.interval == 2.0 and defaults.level.interval == 5.0

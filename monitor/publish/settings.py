@@ -68,8 +68,12 @@ class RateSettings(Section):
     """Minimum time between two messages; 0 sends every one."""
 
 
-def _scores_default() -> RateSettings:
-    return RateSettings(enabled=False, interval=2.0)
+class ScoresSettings(RateSettings):
+    """Every rule's latest score, for tuning: off unless asked for, and then every 2 s by default."""
+
+    enabled: bool = False
+    interval: Duration = Field(2.0, ge=0)
+    """Minimum time between two messages; 0 sends every one."""
 
 
 class MqttSettings(Section):
@@ -108,7 +112,7 @@ class MqttSettings(Section):
     0 sends events at once. Without discovery nothing listens for the birth message, so events
     wait the whole time after each reconnect."""
     outbox: OutboxSettings = OutboxSettings()
-    scores: RateSettings = Field(default_factory=_scores_default)
+    scores: ScoresSettings = ScoresSettings()
     """Every rule's latest score on {prefix}/{node}/scores, for tuning thresholds (off by default)."""
     level: RateSettings = RateSettings()
     """The sound level in dBFS on {prefix}/{node}/level."""
