@@ -140,8 +140,7 @@ def test_node_id_must_be_a_safe_topic_segment(tmp_path):
 
 def test_scores_topic_defaults_to_two_seconds_once_switched_on(tmp_path):
     """README: `mqtt.scores.enabled, interval`: `false`, `2s` — also when only `enabled` is written."""
-    path = tmp_path / "c.yaml"
-    path.write_text("mqtt:\n  scores: {enabled: true}\n  level: {interval: 5s}\n")
+    path = write(tmp_path, "mqtt:\n  scores: {enabled: true}\n  level: {interval: 5s}\n")
     mqtt = load_config(path).mqtt
     assert mqtt.scores.enabled and mqtt.scores.interval == 2.0
     assert mqtt.level.enabled and mqtt.level.interval == 5.0
