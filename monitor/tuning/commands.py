@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from monitor.audio.formats import AUDIO_FORMATS
 from monitor.yamlsource import ValidationFailed
 
 ConfigArgs = Callable[[argparse.ArgumentParser], None]
@@ -25,7 +26,7 @@ def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
     p = sub.add_parser("replay", help="run a recording through the rules; write scores, events and a timeline",
                        description="Run FILE through exactly the daemon's path, as fast as the model answers, and "
                                    "write scores.jsonl, events.jsonl and timeline.png.")
-    p.add_argument("file", type=Path, metavar="FILE", help="a WAV, FLAC or OGG recording (any rate, any channels)")
+    p.add_argument("file", type=Path, metavar="FILE", help=f"a recording: {AUDIO_FORMATS} (any rate, any channels)")
     config_args(p)
     p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: replay-<file stem> here)")
@@ -58,8 +59,8 @@ def _rate(text: str) -> float:
 
 def add_eval_parser(sub: Any, config_args: ConfigArgs) -> None:
     p = sub.add_parser("eval", help="score the rules on labelled recordings; sweep thresholds",
-                       description="Replay every recording of DIR (DIR/labels.yaml, or DIR/<rule_id>/*.wav and "
-                                   "DIR/negatives/*.wav), then report recall, precision, false alarms per hour and "
+                       description="Replay every recording of DIR (DIR/labels.yaml, or DIR/<rule_id>/* and "
+                                   f"DIR/negatives/*: {AUDIO_FORMATS}), then report recall, precision, false alarms per hour and "
                                    "the best threshold per rule.")
     p.add_argument("folder", type=Path, metavar="DIR", help="the labelled recordings")
     config_args(p)

@@ -31,6 +31,7 @@ from typing import Annotated, Literal
 import soundfile as sf
 from pydantic import BeforeValidator, Field, ValidationError
 
+from monitor.audio.formats import AUDIO_FORMATS, AUDIO_SUFFIXES
 from monitor.configtypes import ConfigPath, Section, parse_duration
 from monitor.rules import RuleSet
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, pydantic_problems
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.yaml"
 NEGATIVES = "negatives"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".3gp", ".amr", ".caf", ".opus", ".webm")
 SCORED_KINDS = ("yes_no", "match")  # text rules have no detections to count
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
@@ -212,7 +212,7 @@ def scan_folders(folder: Path, ruleset: RuleSet) -> list[Recording]:
         files = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
                        and not p.name.startswith("."))
         if not files:
-            log.warning("%s: no recordings (*.wav, *.flac, *.ogg) in this folder", entry)
+            log.warning("%s: no recordings (%s) in this folder", entry, AUDIO_FORMATS)
         for file in files:
             duration, why = _duration(file)
             if why is not None:
