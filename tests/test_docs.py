@@ -58,3 +58,79 @@ def test_markdown_tables_render_as_tables() -> None:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench" / "README.md"]
     problems = [p for page in pages for p in _table_problems(page)]
     assert not problems, "\n".join(problems)
+
+
+def _readme_config_rows() -> list[tuple[int, list[str], str]]:
+    """(line, keys, default cell) of every row of README's `| key | default | meaning |` tables."""
+    rows = []
+    header = False
+    for number, line in enumerate((REPO / "README.md").read_text().splitlines(), 1):
+        if line.startswith("| key | default |"):
+            header = True
+            continue
+        if not line.startswith("|"):
+            header = False
+            continue
+        if header and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            keys = re.findall(r"`([a-z_]+(?:\.[a-z_<>]+)+|[a-z_]+)`", cells[0])
+            rows.append((number, keys, cells[1]))
+    return rows
+
+
+def _default_of(model: type, path: str) -> tuple[bool, object]:
+    """(found, default) of a dotted config key, walking the pydantic sections."""
+    value: object = None
+    for part in path.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False, None
+        field = fields[part]
+        value = field.get_default(call_default_factory=True)
+        model = type(value) if hasattr(type(value), "model_fields") else field.annotation
+    return True, value
+
+
+def _literal(cell: str) -> tuple[bool, object]:
+    """The value a README default cell states, when it is one plain literal."""
+    from monitor.configtypes import parse_duration
+
+    if cell == "none":
+        return True, None
+    m = re.fullmatch(r"`([^`]*)`", cell)
+    if not m:
+        return False, None
+    text = m.group(1)
+    if "{" in text:  # computed from another key, e.g. `audio-monitor-{node_id}`
+        return False, None
+    if text in ("true", "false"):
+        return True, text == "true"
+    if re.fullmatch(r"-?\d+", text):
+        return True, int(text)
+    if re.fullmatch(r"[\d.]+(ms|s|m|h|d)", text):
+        return True, parse_duration(text)
+    return True, text
+
+
+def test_readme_config_tables_match_the_code() -> None:
+    """Every key in README's config tables exists, and a plainly stated default is the code's."""
+    from monitor.config import Config
+
+    checked, problems = 0, []
+    for line, keys, default in _readme_config_rows():
+        keys = [k for k in keys if k.split(".")[0] in Config.model_fields and "<" not in k]
+        defaults = [d.strip() for d in default.split(",")] if len(keys) > 1 else [default]
+        for i, key in enumerate(keys):
+            found, actual = _default_of(Config, key)
+            if not found:
+                problems.append(f"README.md:{line}: `{key}` is not a config key")
+                continue
+            plain, stated = _literal(defaults[i] if i < len(defaults) else "")
+            if not plain:
+                continue
+            checked += 1
+            actual = str(actual) if isinstance(actual, Path) else actual
+            if stated != actual and not (isinstance(actual, float) and stated == actual):
+                problems.append(f"README.md:{line}: `{key}` defaults to {actual!r}, README says {stated!r}")
+    assert not problems, "\n".join(problems)
+    assert checked > 40, checked  # the tables were found and read

@@ -94,7 +94,7 @@ class MqttSettings(Section):
     username: str | None = None
     """User name for brokers that require a login."""
     password_file: ConfigPath | None = None
-    """File holding the password (first line; trailing newline ignored). Keep it mode 0600."""
+    """File holding the password (first line; trailing newline ignored). Keep it mode 0640 with group audio-monitor (or 0600)."""
     password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of an environment variable holding the password (e.g. set by systemd's EnvironmentFile)."""
     tls: TlsSettings = TlsSettings()

@@ -35,7 +35,7 @@ class WebSettings(Section):
     username: str = Field("admin", min_length=1, pattern=r"^[^:]+$")
     """User name of the HTTP basic login (when a password is set)."""
     password_file: ConfigPath | None = None
-    """File holding the page's password (first line). Keep it mode 0600."""
+    """File holding the page's password (first line). Keep it mode 0640 with group audio-monitor (or 0600)."""
     password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of an environment variable holding the page's password."""
 
