@@ -13,6 +13,8 @@ import io
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import torch
 from monitor.engine.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, noise, tone
-from tests.conftest import need
+from tests.conftest import REPO, need
 
 QUESTIONS = [
     "Help?",
@@ -176,28 +178,15 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
 FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "voxtral", "gemma3n"]
 
 
-def need_torchvision(arch: str) -> None:
-    """The Omni processors need torchvision (transformers builds their video processor even for audio).
-
-    A skip even under CI=true, unlike the suite's other missing parts: `make test` cannot install it
-    on a CPU-only machine, because torchvision publishes no CPU build for this torch on PyPI (its
-    CUDA build's compiled ops do not load on the CPU torch). With a matching torchvision the tests run.
-    """
-    if importlib.util.find_spec("torchvision") is None:
-        pytest.skip(f"torchvision is not installed (the {arch} processor needs it)")
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """checkpoint(arch): the folder of its tiny checkpoint, built once per module."""
-    from monitor.testing.tiny_families import NEEDS_MISTRAL_COMMON, NEEDS_TORCHVISION
+    from monitor.testing.tiny_families import NEEDS_MISTRAL_COMMON
     from monitor.testing.tiny_model import main
 
     built: dict[str, Path] = {}
 
     def checkpoint(arch: str) -> Path:
-        if arch in NEEDS_TORCHVISION:
-            need_torchvision(arch)
         if arch in NEEDS_MISTRAL_COMMON:  # a dev dependency: CI has it
             need(importlib.util.find_spec("mistral_common") is not None, "mistral_common (the [dev] extra)")
         if arch not in built:
@@ -298,10 +287,9 @@ def test_family_scores_a_batch_of_windows_of_different_lengths_as_each_alone(fam
 
 def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_path):
     """Qwen/Qwen2.5-Omni-7B ships thinker and talker in one checkpoint: the engine answers with the thinker."""
-    need_torchvision("qwen2_5_omni")
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    from monitor.testing.tiny_families import qwen2_5_omni
+    from monitor.testing.tiny_families import qwen2_5_omni, save_omni_processor
 
     torch.manual_seed(0)
     thinker, processor = qwen2_5_omni("tiny")
@@ -311,13 +299,140 @@ def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_
     full.thinker.load_state_dict(thinker.state_dict())
     full.config.enable_audio_output = True  # as published: the talker is part of the checkpoint's config
     full.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
+    save_omni_processor(processor, tmp_path)
     torch.save({}, tmp_path / "spk_dict.pt")  # the talker's voices, shipped beside the weights (none here)
     engine = Engine.load(ModelSettings(path=tmp_path))
     assert type(engine.model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
     assert engine.scoring_path == "packed"
     diff, _ = largest_difference(engine, WINDOWS["0.5s noise"])
     assert diff < 1e-4
+
+
+# ---------------------------------------------------------------------------- the Omni processors, audio-only
+
+# What each Omni processor asks of its feature extractor (transformers' processing_qwen2_5_omni and
+# processing_qwen3_omni_moe: their audio_kwargs, and Qwen2.5-Omni's padding to the longest clip the extractor takes).
+OMNI_AUDIO_KWARGS = {"qwen2_5_omni": dict(padding="max_length", return_attention_mask=True),
+                     "qwen3_omni": dict(padding=True, truncation=False, return_attention_mask=True)}
+
+
+def omni_inputs_from_parts(folder: Path, model, audio: np.ndarray, prompt: str, audio_kwargs: dict) -> dict:
+    """One question's inputs made from the checkpoint's parts alone, without any processor class.
+
+    The tokenizer applies the template of chat_template.json, the feature extractor makes the
+    features, and the audio placeholder is repeated once per embedding the model's own audio encoder
+    makes of them.
+    """
+    from transformers import AutoFeatureExtractor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    features = AutoFeatureExtractor.from_pretrained(folder)
+    template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": prompt}]}]
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    fe = features(audio, sampling_rate=RATE, return_tensors="pt", **audio_kwargs)
+    with torch.no_grad():
+        embeddings = model.get_audio_features(fe["input_features"], feature_attention_mask=fe["attention_mask"])
+    placeholder = tokenizer.audio_token
+    assert text.count(placeholder) == 1, text
+    text = text.replace(placeholder, placeholder * embeddings.last_hidden_state.shape[0])
+    return {"input_ids": tokenizer(text, return_tensors="pt")["input_ids"], "input_features": fe["input_features"],
+            "feature_attention_mask": fe["attention_mask"]}
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_omni", "qwen3_omni"])
+def test_omni_processor_loaded_audio_only_gives_what_the_checkpoints_parts_give(loaded, arch):
+    """The engine's Omni processor holds no image or video processor (transformers has video processors only
+    with torchvision), and makes, from text and audio, what the tokenizer, the template and the feature extractor
+    make: the same ids, features and frame mask."""
+    _, engine, _ = loaded(arch)
+    folder = Path(engine.settings.path)
+    published = json.loads((folder / "preprocessor_config.json").read_text())
+    assert published["image_processor_type"] == "Qwen2VLImageProcessor"  # the folder names an image processor
+    processor = engine.processor
+    assert type(processor).__name__ == published["processor_class"]
+    assert processor.get_attributes() == ["feature_extractor", "tokenizer"]
+    assert not hasattr(processor, "image_processor") and not hasattr(processor, "video_processor")
+    for window in ("0.5s noise", "3.7s tone", "30s noise+tone"):
+        audio = WINDOWS[window]
+        got = reference_inputs(processor, audio, QUESTIONS[1])
+        want = omni_inputs_from_parts(folder, engine.model, audio, QUESTIONS[1], OMNI_AUDIO_KWARGS[arch])
+        assert got["input_ids"].tolist() == want["input_ids"].tolist(), window
+        assert (got["input_ids"] == processor.audio_token_id).sum() > 1, window  # the placeholder, expanded
+        assert torch.equal(got["input_features"], want["input_features"]), window
+        assert torch.equal(got["feature_attention_mask"], want["feature_attention_mask"]), window
+        if importlib.util.find_spec("torchvision") is not None:  # a machine with it: the full processor agrees too
+            from transformers import AutoProcessor
+
+            full = reference_inputs(AutoProcessor.from_pretrained(folder), audio, QUESTIONS[1])
+            assert all(torch.equal(got[name], full[name]) for name in want), window
+    with pytest.raises(ValueError, match="takes audio only"):
+        processor(text="<|im_start|>user\nWhat is this?", images=[np.zeros((28, 28, 3), np.uint8)])
+
+
+OMNI_LOAD = """
+import importlib.util, json, sys
+if importlib.util.find_spec("torchvision") is not None:
+    sys.modules["torchvision"] = None  # loaded as on a machine without it
+from monitor.engine.loading import Placement, load_model
+from monitor.engine.settings import ModelSettings
+from monitor.testing.signals import RATE, noise
+loaded = {}
+for folder in sys.argv[1:]:
+    model, processor = load_model(ModelSettings(path=folder), Placement("cpu", "float32"))
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": "Help?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = processor(text=text, audio=noise(0.5, seed=1), sampling_rate=RATE, return_tensors="pt")["input_ids"]
+    loaded[folder] = {"class": type(processor).__name__, "parts": processor.get_attributes(), "ids": ids[0].tolist()}
+print(json.dumps({"loaded": loaded, "torchvision imported": sys.modules.get("torchvision") is not None}))
+"""
+
+
+# The image processor's entries of a published Omni preprocessor_config.json; a video processor takes the same.
+OMNI_IMAGE_KEYS = ("image_processor_type", "patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
+                   "image_mean", "image_std")
+
+
+def omni_layouts(folder: Path, root: Path) -> dict[str, Path]:
+    """The folder as published, and as others ship an Omni checkpoint: a fine-tune saved with a transformers of
+    video processors (video_preprocessor_config.json), and one saved by transformers 5 (processor_config.json with
+    each part's settings, the video processor's among them)."""
+    published = json.loads((folder / "preprocessor_config.json").read_text())
+    image = {key: published[key] for key in OMNI_IMAGE_KEYS}
+    video = {"video_processor_type": "Qwen2VLVideoProcessor", **{key: image[key] for key in OMNI_IMAGE_KEYS[1:]}}
+    features = {key: value for key, value in published.items() if key not in image and key != "processor_class"}
+    fine_tune = root / "fine-tune"
+    shutil.copytree(folder, fine_tune)
+    (fine_tune / "video_preprocessor_config.json").write_text(
+        json.dumps({**video, "processor_class": published["processor_class"]}))
+    resaved = root / "resaved"
+    shutil.copytree(folder, resaved)
+    (resaved / "preprocessor_config.json").unlink()
+    (resaved / "chat_template.json").unlink()
+    (resaved / "chat_template.jinja").write_text(json.loads((folder / "chat_template.json").read_text())["chat_template"])
+    (resaved / "processor_config.json").write_text(json.dumps({
+        "processor_class": published["processor_class"], "feature_extractor": features, "image_processor": image,
+        "video_processor": video}))
+    return {"published": folder, "fine-tune": fine_tune, "resaved": resaved}
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_omni", "qwen3_omni"])
+def test_omni_checkpoint_naming_image_and_video_processors_loads_without_torchvision(loaded, arch, tmp_path):
+    """However the folder names its image and video processors, a fresh process loads the model and its processor
+    the engine's way without torchvision, and the processor gives the engine's ids."""
+    _, engine, _ = loaded(arch)
+    layouts = omni_layouts(Path(engine.settings.path), tmp_path)
+    proc = subprocess.run([sys.executable, "-c", OMNI_LOAD, *map(str, layouts.values())], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["torchvision imported"] is False
+    want = reference_inputs(engine.processor, WINDOWS["0.5s noise"], "Help?")["input_ids"][0].tolist()
+    for name, folder in layouts.items():
+        got = out["loaded"][str(folder)]
+        assert got["class"] == type(engine.processor).__name__, name
+        assert got["parts"] == ["feature_extractor", "tokenizer"], name
+        assert got["ids"] == want, name
 
 
 def test_voxtral_lays_out_its_prompt_as_mistral_common_does(loaded):

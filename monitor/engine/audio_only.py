@@ -1,4 +1,4 @@
-"""Multimodal checkpoints built without the vision tower an audio monitor never uses.
+"""Multimodal checkpoints built without the vision parts an audio monitor never uses.
 
 Gemma 3n hears, sees and reads. Its vision tower is a timm network (MobileNet-V5, ~300M
 parameters): building it needs timm, and timm needs torchvision, which a CPU-only install may
@@ -7,8 +7,16 @@ where the tower would be and the checkpoint's `vision_tower.*` weights are left 
 memory too). Everything else stays: in particular the vision *embedder*, which embeds the
 image-range token ids that any prompt's embedding pass touches.
 
-The class is still the checkpoint's own (its name, forward and weights); only its construction
-differs. Chosen from the config's model_type (`audio_only_class`), never from a setting.
+The Omni thinkers' processors (Qwen2.5-Omni, Qwen3-Omni) hold an image and a video processor
+beside the audio's feature extractor and the tokenizer, and transformers has video processors
+only with torchvision installed. Their processor is loaded audio-only (`audio_only_processor`):
+the checkpoint's own processor class with its feature extractor, tokenizer and chat template,
+and neither image nor video processor. Text and audio go through that class's own code, so the
+model's inputs are what the full processor makes of them; an image or a video is refused.
+
+The classes are still the checkpoint's own (their names, forward or __call__, weights and
+files); only their construction differs. Chosen from the config's model_type, never from a
+setting, and the same whether torchvision is installed or not.
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ from torch import nn
 
 # model_type of the checkpoint -> model_type of the vision config whose tower is left out.
 WITHOUT_VISION = {"gemma3n": "gemma3n_vision"}
+# model_type of the checkpoint (a full Omni model or its thinker alone) -> its processor class in transformers,
+# loaded with only the parts of AUDIO_PARTS.
+AUDIO_ONLY_PROCESSORS = {"qwen2_5_omni": "Qwen2_5OmniProcessor", "qwen2_5_omni_thinker": "Qwen2_5OmniProcessor",
+                         "qwen3_omni_moe": "Qwen3OmniMoeProcessor", "qwen3_omni_moe_thinker": "Qwen3OmniMoeProcessor"}
+AUDIO_PARTS = ("feature_extractor", "tokenizer")
 
 
 class AbsentVisionTower(nn.Module):
@@ -69,3 +82,50 @@ def audio_only_class(cls: type, config: Any) -> type:
     """The class to build for `config`: `cls` itself, or `cls` without a vision tower the monitor never uses."""
     vision_type = WITHOUT_VISION.get(getattr(config, "model_type", ""))
     return without_vision(cls, vision_type) if vision_type is not None else cls
+
+
+def without_images_and_videos(cls: type) -> type:
+    """`cls` (a processor class) made of its feature extractor, tokenizer and chat template only.
+
+    The class's own __init__ still runs (it reads the special tokens off the tokenizer); it hands
+    its parts on positionally, and a link placed right after it in the method order passes on
+    only the audio parts. transformers reads a processor's parts from its __init__'s signature, so
+    `from_pretrained` loads only these: an image or video processor named in the folder's configs
+    is never built.
+    """
+    from transformers.processing_utils import ProcessorMixin
+
+    parts = cls.get_attributes()
+    missing = [part for part in AUDIO_PARTS if part not in parts]
+    if missing:
+        raise TypeError(f"{cls.__name__} has no {' or '.join(missing)}: it cannot be loaded audio-only")
+
+    class _AudioPartsOnly(cls.__mro__[1]):  # type: ignore[misc,valid-type]
+        def __init__(self: Any, *args: Any, chat_template: Any = None) -> None:
+            given = dict(zip(parts, args, strict=True))
+            super().__init__(**{part: given[part] for part in AUDIO_PARTS}, chat_template=chat_template)
+
+    def __init__(self: Any, feature_extractor: Any = None, tokenizer: Any = None, chat_template: Any = None) -> None:
+        cls.__init__(self, feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=chat_template)
+
+    def validate_inputs(self: Any, images: Any = None, text: Any = None, **kwargs: Any) -> None:
+        if images is not None or kwargs.get("videos") is not None:
+            raise ValueError("this processor was loaded without its image and video processors: it takes audio only")
+        cls.validate_inputs(self, images=images, text=text, **kwargs)
+
+    def model_input_names(self: Any) -> list[str]:  # the class's own lists its image and video processors' too
+        return [*ProcessorMixin.model_input_names.fget(self), "feature_attention_mask"]
+
+    return type(cls.__name__, (cls, _AudioPartsOnly), {
+        "__init__": __init__, "validate_inputs": validate_inputs, "model_input_names": property(model_input_names),
+        "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+
+def audio_only_processor(config: Any) -> type | None:
+    """The processor class to load for `config` audio-only, or None where transformers' own choice is kept."""
+    name = AUDIO_ONLY_PROCESSORS.get(getattr(config, "model_type", ""))
+    if name is None:
+        return None
+    import transformers
+
+    return without_images_and_videos(getattr(transformers, name))

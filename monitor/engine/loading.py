@@ -257,8 +257,11 @@ def load_model(settings: ModelSettings, placement: Placement) -> tuple[Any, Any]
     cls = _model_class(config, source)
     _check_tokenizer_package(config, label)
     dtype = getattr(torch, placement.dtype)
+    from monitor.engine.audio_only import audio_only_processor
+
+    audio_only = audio_only_processor(config)  # the Omni thinkers': without the image and video processors
     try:
-        processor = AutoProcessor.from_pretrained(source, **hub_kwargs)
+        processor = (audio_only or AutoProcessor).from_pretrained(source, **hub_kwargs)
     except Exception as exc:  # noqa: BLE001 - every load failure becomes one line
         raise _load_failure(exc, settings, placement, source, label) from None
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):

@@ -6,7 +6,10 @@ where it puts the audio) and generation config — for one more architecture:
 
     python -m monitor.testing.tiny_model OUT_DIR --arch qwen2_5_omni|qwen3_omni|af3|voxtral|gemma3n [--size tiny|small]
 
-Only the thinker of an Omni model is built (it answers in text; the talker speaks). Voxtral's
+Only the thinker of an Omni model is built (it answers in text; the talker speaks); its processor
+files are laid out as the published Omni checkpoints ship them (`save_omni_processor`: the image
+processor named beside the audio features' settings), and its processor is built, as the engine
+loads it, without image and video processors (`monitor.engine.audio_only`). Voxtral's
 tokenizer is a mistral_common tekken file instead of a chat template (see `tiny_voxtral`).
 Gemma 3n is written without its vision tower's weights (a timm network; see `audio_only`), as the
 engine loads it; its own tokenizer is in `tiny_gemma`.
@@ -15,6 +18,7 @@ engine loads it; its own tokenizer is in `tiny_gemma`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -90,16 +94,11 @@ def _whisper_features(attention_mask: bool = True) -> Any:
                                    n_fft=400, padding_value=0.0, return_attention_mask=attention_mask)
 
 
-def _image_processor() -> Any:
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil()
-
-
-def _video_processor() -> Any:
-    from transformers import Qwen2VLVideoProcessor
-
-    return Qwen2VLVideoProcessor()
+def _image_settings(patch_size: int) -> dict[str, Any]:
+    """The image processor's entries of the published Omni preprocessor_config.json (never used here)."""
+    return {"image_processor_type": "Qwen2VLImageProcessor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711], "min_pixels": 3136, "max_pixels": 12845056,
+            "patch_size": patch_size, "temporal_patch_size": 2, "merge_size": 2}
 
 
 def _qwen_omni_tokens(tok: Any, names: dict[str, str]) -> dict[str, int]:
@@ -127,11 +126,38 @@ def _omni_tokenizer(names: dict[str, str]) -> Any:
 
 
 def _omni_thinker(config: Any, model_class: Any, processor_class: Any, tokenizer: Any, template: str) -> tuple[Any, Any]:
-    """The thinker model of `config`, and an Omni processor (Whisper features, image and video processors)."""
+    """The thinker model of `config`, and its Omni processor as the engine loads it (Whisper features, the tokenizer)."""
+    from monitor.engine.audio_only import without_images_and_videos
+
     config.architectures = [model_class.__name__]
-    processor = processor_class(image_processor=_image_processor(), video_processor=_video_processor(),
-                                feature_extractor=_whisper_features(), tokenizer=tokenizer, chat_template=template)
+    processor = without_images_and_videos(processor_class)(feature_extractor=_whisper_features(), tokenizer=tokenizer,
+                                                            chat_template=template)
     return model_class(config), processor
+
+
+# The published Omni checkpoints' image patch size (Qwen/Qwen2.5-Omni-7B: 14, Qwen/Qwen3-Omni-30B-A3B-*: 16).
+OMNI_PATCH = {"Qwen2_5OmniProcessor": 14, "Qwen3OmniMoeProcessor": 16}
+
+
+def save_omni_processor(processor: Any, out: Path) -> None:
+    """Write an Omni processor's files as Qwen/Qwen2.5-Omni-7B and Qwen/Qwen3-Omni-30B-A3B-Instruct ship them.
+
+    One preprocessor_config.json holds the Whisper features' settings, the image processor's
+    (`image_processor_type: Qwen2VLImageProcessor`) and the processor class (transformers' full
+    processor builds its video processor from these too, Qwen2VLVideoProcessor by the model
+    type); then the tokenizer's files and chat_template.json. No processor_config.json and no
+    video_preprocessor_config.json: the published checkpoints have neither.
+    """
+    name = type(processor).__name__
+    features = processor.feature_extractor.to_dict()
+    image = _image_settings(OMNI_PATCH[name])
+    clash = {key for key in features.keys() & image.keys() if features[key] != image[key]}
+    if clash:
+        raise ValueError(f"feature extractor and image processor disagree on {sorted(clash)}")
+    (out / "preprocessor_config.json").write_text(
+        json.dumps({**features, **image, "processor_class": name}, indent=2, sort_keys=True) + "\n")
+    processor.tokenizer.save_pretrained(out)
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}, indent=2) + "\n")
 
 
 def qwen2_5_omni(size: str) -> tuple[Any, Any]:
@@ -220,7 +246,7 @@ def gemma3n(size: str) -> tuple[Any, Any]:
     return build(size, INIT)
 
 
-NEEDS_TORCHVISION = ("qwen2_5_omni", "qwen3_omni")
+OMNI = ("qwen2_5_omni", "qwen3_omni")  # their processor files laid out as published (save_omni_processor)
 NEEDS_MISTRAL_COMMON = ("voxtral",)
 # Builders that write their tokenizer file into the output folder themselves and set their own generation config.
 WRITES_TOKENIZER = ("voxtral",)
@@ -242,9 +268,6 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if size not in TEXT:  # every builder has the sizes of TEXT
         raise ValueError(f"size {size!r} is not built for {arch}; choose one of {', '.join(TEXT)}")
-    if arch in NEEDS_TORCHVISION and importlib.util.find_spec("torchvision") is None:
-        raise RuntimeError(f"{arch}: transformers' processor of this family needs torchvision (its video "
-                           "processor); install the torchvision build that matches this torch")
     if arch in NEEDS_MISTRAL_COMMON and importlib.util.find_spec("mistral_common") is None:
         raise RuntimeError(f'{arch}: its tokenizer needs mistral_common: pip install "mistral-common[audio]"')
     out = Path(out_dir)
@@ -257,7 +280,10 @@ def build_arch(out_dir: str | Path, arch: str, size: str = "tiny", seed: int = 0
         model.generation_config = _generation(processor.tokenizer, *([EOS[arch]] if arch in EOS else []))
     model.eval()
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    if arch in OMNI:
+        save_omni_processor(processor, out)
+    else:
+        processor.save_pretrained(out)
     log.info("wrote a %s random-weight %s (%.1fM parameters) to %s",
              size, arch, sum(p.numel() for p in model.parameters()) / 1e6, out)
     return out
