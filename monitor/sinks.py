@@ -50,11 +50,16 @@ class MqttSink:
     def event(self, room: str, event: Event) -> None:
         channel = self.publisher.room(room)
         route = channel.publish_event(event)
-        # logged once the event is safe (stored, or handed over directly): the log never claims more
+        # logged once the event is safe (stored, or handed over directly): the log never claims more.
+        # What was said stays out of the log at INFO (clips of text rules are off for the same reason):
+        # only that there is a transcript and its length; the words at DEBUG.
         detail = (f" score={event.score:.3f}" if event.score is not None
-                  else f" text={event.text!r}" if event.text else f" reason={event.reason}" if event.reason else "")
-        log.info("event %s%s %s id=%s%s via=%s", "" if room == self.publisher.node_id else f"{room}/",
-                 event.rule_id, event.kind, event.id, detail, route)
+                  else f" text={len(event.text)} chars" if event.text
+                  else f" reason={event.reason}" if event.reason else "")
+        where = "" if room == self.publisher.node_id else f"{room}/"
+        log.info("event %s%s %s id=%s%s via=%s", where, event.rule_id, event.kind, event.id, detail, route)
+        if event.text:
+            log.debug("event %s%s %s id=%s text=%r", where, event.rule_id, event.kind, event.id, event.text)
         if event.kind in ("on", "off"):
             channel.publish_state(event.rule_id, event.kind == "on")
         elif event.kind == "text" and event.text is not None:

@@ -85,7 +85,8 @@ def live(tmp_path_factory, tiny_model_dir) -> Iterator[dict]:
     broker = Broker(tmp).start()
     wav = bursts(tmp / "bursts.wav", 300)
     config = write_config(tmp, tiny_model_dir, broker.port, source=f"file:{wav}", rules=LOUD_RULES,
-                          extra={"windows.hop": "1s", "web.port": 0, "log.level": "info"})
+                          extra={"windows.hop": "1s", "web.port": 0, "log.level": "info",
+                                 "web.allowed_hosts": ["Monitor.LAN"]})
     sub = Subscriber(broker.host, broker.port, "am/#")
     daemon = DaemonProcess(config)
     try:
@@ -196,13 +197,55 @@ def test_an_events_clip_plays_with_its_duration(browser, live):
 
 
 def _raw_get(url: str, path: str, headers: dict | None = None) -> int:
-    """A request with the path exactly as written (no client-side `..` normalisation)."""
+    """A request with the path exactly as written (no client-side `..` normalisation); a `Host` in `headers` replaces
+    the real one, `Host: None` sends none at all."""
     host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    conn.request("GET", path, headers=headers or {})
+    headers = dict(headers or {})
+    if "Host" in headers and headers["Host"] is None:
+        del headers["Host"]
+        conn.putrequest("GET", path, skip_host=True)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+    else:
+        conn.request("GET", path, headers=headers)
     status = conn.getresponse().status
     conn.close()
     return status
+
+
+PATHS = ("/", "/static/app.js", "/static/style.css", "/api/state", "/api/stream", "/clips/test_node/x.wav", "/recording",
+         "/no/such/page")
+
+
+def test_the_page_answers_only_to_its_own_names(live):
+    """DNS rebinding: another site's page points its name at 127.0.0.1 and reads or presses as if it were its own.
+
+    Its requests say `Host: evil.example:PORT` (and, for a fetch of its own page, a same-origin `Origin`): every path
+    (page, stream, state, clips, commands) answers 421 to them, before anything is read or changed."""
+    port = live["url"].rsplit(":", 1)[1].strip("/")
+    foreign = [f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", f"localhost.evil.example:{port}",
+               "monitor.lan.evil.example", "", f"127.0.0.1:{port}@evil.example", f"[::1]evil.example:{port}"]
+    for host in foreign:
+        for path in PATHS:
+            assert _raw_get(live["url"], path, {"Host": host}) == 421, (host, path)
+    assert _raw_get(live["url"], "/api/state", {"Host": None}) in (400, 421)  # none at all: HTTP/1.1 itself refuses
+    rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}", "Sec-Fetch-Site": "same-origin",
+               "X-Audio-Monitor": "1"}  # exactly what the rebound page's own fetch() sends
+    assert _post(live["url"], "/api/mute", rebound) == 421
+    assert _post(live["url"], "/api/reload", rebound) == 421
+    # its own names: loopback, localhost, the listening address, and the allow-list (web.allowed_hosts)
+    for host in (f"127.0.0.1:{port}", "127.0.0.1", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}",
+                 f"monitor.lan:{port}", "Monitor.Lan"):
+        assert _raw_get(live["url"], "/api/state", {"Host": host}) == 200, host
+        assert _raw_get(live["url"], "/", {"Host": host}) == 200, host
+    own = {"Host": f"monitor.lan:{port}", "Origin": f"http://monitor.lan:{port}", "Sec-Fetch-Site": "same-origin",
+           "X-Audio-Monitor": "1"}
+    assert _post(live["url"], "/api/nothing", own) == 400  # past the Host and origin checks (and nothing changed)
+    # said once per name in the log, with what to set
+    refused = [line for line in live["daemon"].lines if f"refused a request for host 'evil.example:{port}'" in line]
+    assert len(refused) == 1 and "web.allowed_hosts" in refused[0], refused
 
 
 def test_clips_only_from_the_clips_folder(live):
@@ -333,8 +376,29 @@ def _post(url: str, path: str, headers: dict, auth: str | None = None) -> int:
     return status
 
 
+def test_an_empty_password_is_refused_at_start(tiny_model_dir, tmp_path):
+    """An empty password file or variable is a mistake, not a login of `admin:` and nothing: one line, exit 1."""
+    wav = bursts(tmp_path / "b.wav", 30)
+    (tmp_path / "empty").write_text("")
+    (tmp_path / "blank").write_text("\nsecond line\n")
+    cases = [({"web.password_file": str(tmp_path / "empty")}, {}, "web.password_file"),
+             ({"web.password_file": str(tmp_path / "blank")}, {}, "web.password_file"),
+             ({"web.password_env": "PAGE_PW", "web.host": "0.0.0.0"}, {"PAGE_PW": ""}, "web.password_env")]
+    for extra, env, key in cases:
+        config = write_config(tmp_path, tiny_model_dir, 1, source=f"file:{wav}", extra={"web.port": 0, **extra})
+        daemon = DaemonProcess(config, env=env)
+        try:
+            assert daemon.wait(60) == 1, daemon.output
+        finally:
+            daemon.stop()  # one that started after all
+        errors = [line for line in daemon.lines if " ERROR " in line]
+        assert len(errors) == 1 and key in errors[0] and "empty" in errors[0], daemon.output
+        assert "Traceback" not in daemon.output and "web page on" not in daemon.output, daemon.output
+
+
 def test_beyond_loopback_needs_a_password(tiny_model_dir, tmp_path):
     import base64
+    import socket
 
     wav = bursts(tmp_path / "b.wav", 60)
     # no password: refused at start, with one line saying what to set
@@ -373,6 +437,13 @@ def test_beyond_loopback_needs_a_password(tiny_model_dir, tmp_path):
         assert _raw_get(url, "/clips/test_node/../monitor.yaml", {"Authorization": good}) == 404
         assert _raw_get(url, "/clips/test_node/..%2F..%2Fmonitor.yaml", {"Authorization": good}) == 404
         assert _post(url, "/api/mute", page, good) == 200
+        # on every interface: the machine's own name and any address are its names, another name is not
+        port = host.rsplit(":", 1)[1]
+        for name in (f"{socket.gethostname()}:{port}", f"{socket.gethostname().split('.')[0]}.local", f"192.0.2.7:{port}",
+                     f"[2001:db8::7]:{port}", f"localhost:{port}"):
+            assert _raw_get(url, "/api/state", {"Authorization": good, "Host": name}) == 200, name
+        assert _raw_get(url, "/api/state", {"Authorization": good, "Host": f"evil.example:{port}"}) == 421
+        assert _raw_get(url, "/", {"Host": f"evil.example:{port}"}) == 421  # before the login is even asked
     finally:
         daemon.stop()
 
@@ -416,6 +487,9 @@ def test_replay_serve_shows_the_recording(browser, tiny_model_dir, tmp_path):
         assert page.is_hidden("#mute-test_node") and page.is_hidden("#reload")
         assert "replay of" in page.text_content("#status")
         assert json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())["mode"] == "replay"
+        port = url.rsplit(":", 1)[1].strip("/")
+        for path in PATHS:  # the same page server, the same names
+            assert _raw_get(url, path, {"Host": f"evil.example:{port}"}) == 421, path
         audio = page.query_selector("li.event.on audio")
         duration = page.evaluate("(el) => new Promise(ok => el.readyState >= 1 ? ok(el.duration) : "
                                  "el.addEventListener('loadedmetadata', () => ok(el.duration)))", audio)
@@ -426,6 +500,63 @@ def test_replay_serve_shows_the_recording(browser, tiny_model_dir, tmp_path):
         proc.interrupt()
     assert proc.code == 0, proc.output
     assert (out / "scores.jsonl").exists() and (out / "events.jsonl").exists()
+
+
+def test_a_finished_replay_says_finished_not_connection_lost(browser, tiny_model_dir, tmp_path):
+    """At phone width: the replay's page says it is finished and how long the recording is, and stays so when its
+    server is stopped (there is nothing to reconnect to)."""
+    wav = bursts(tmp_path / "rec.wav", 20)
+    config = write_config(tmp_path, tiny_model_dir, 1, source=f"file:{wav}", extra={"web.port": 0})
+    proc = _Command([sys.executable, "-m", "monitor", "replay", str(wav), "-c", str(config), "--out",
+                     str(tmp_path / "out"), "-q", "--serve"])
+    try:
+        url = re.search(r"(http://\S+/)", proc.wait_for("web page on")).group(1)
+        errors: list[str] = []
+        page = open_page(browser, url, errors, viewport={"width": 390, "height": 844})
+        page.wait_for_selector("#chart-test_node-loud")
+        wait_until(lambda: "finished" in (page.text_content("#status") or ""), 10, "the replay to say it is finished")
+        time.sleep(3.0)  # longer than the stream's retry (2 s): a page that reconnected would say so by now
+        status = page.text_content("#status")
+        assert status == "replay of rec.wav finished: 20.0 s of audio, 19 windows", status
+    finally:
+        proc.interrupt()
+    assert proc.code == 0, proc.output
+    time.sleep(3.0)  # the server is gone: still finished, not "connection lost"
+    assert page.text_content("#status") == status
+    assert page.is_visible("#status")
+    assert not errors, errors
+    page.context.close()
+
+
+def test_a_live_page_that_loses_its_server_says_so_and_reconnects(browser):
+    """The reconnect message stays for a server that really went away, and goes once it is back."""
+    from monitor.web.hub import Hub
+    from monitor.web.server import WebServer
+    from monitor.web.settings import WebSettings
+
+    def serve(port: int) -> WebServer:
+        hub = Hub()
+        hub.add_room("kitchen", "Kitchen", None)
+        hub.set_status({"name": "Home", "mqtt": "connected", "windows_per_s": 1.0,
+                        "rooms": {"kitchen": {"state": "running", "capture": "ok", "skipped": 0, "processed": 3}}})
+        server = WebServer(hub, None, WebSettings(port=port), None)
+        server.start()
+        return server
+
+    server = serve(0)
+    port = server.port
+    errors: list[str] = []
+    page = open_page(browser, server.url, errors, viewport={"width": 390, "height": 844})
+    try:
+        wait_until(lambda: "MQTT connected" in (page.text_content("#status") or ""), 10, "the live status")
+        server.stop()
+        wait_until(lambda: page.text_content("#status") == "connection lost; reconnecting…", 10, "the lost connection")
+        server = serve(port)
+        wait_until(lambda: "MQTT connected" in (page.text_content("#status") or ""), 15, "the page to reconnect")
+    finally:
+        server.stop()
+    assert not [e for e in errors if "api/stream" not in e and "ERR_CONNECTION_REFUSED" not in e], errors
+    page.context.close()
 
 
 class _Command:

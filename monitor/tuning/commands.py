@@ -138,7 +138,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.serve:
         from monitor.web.replayview import serve_replay
 
-        return serve_replay(out_dir, ruleset, config, args.file)
+        return serve_replay(out_dir, ruleset, config, args.file, run.duration)
     return 0
 
 

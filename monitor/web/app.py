@@ -1,10 +1,11 @@
 """The page's HTTP side: the page itself, a live stream (Server-Sent Events), clips, mute and reload.
 
-Security, in this order for every request: a password when one is configured (HTTP basic, a
-constant-time comparison); then, for the requests that change something (POST only), proof
-that the page itself sent them: the browser's `Sec-Fetch-Site` / `Origin` must say same-origin
-and the request must carry a header a cross-site form cannot set. Clips come only from a
-room's clips folder, by a plain file name.
+Security, in this order for every request: the `Host:` must name this server (`hosts.py`: a
+page that rebinds its own DNS name to this address gets 421, so it can neither read nor press
+anything); a password when one is configured (HTTP basic, a constant-time comparison); then,
+for the requests that change something (POST only), proof that the page itself sent them: the
+browser's `Sec-Fetch-Site` / `Origin` must say same-origin and the request must carry a header a
+cross-site form cannot set. Clips come only from a room's clips folder, by a plain file name.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from monitor.web.hosts import HostCheck, HostPolicy
 from monitor.web.hub import Hub, SlowClient
 
 log = logging.getLogger(__name__)
@@ -81,9 +83,9 @@ def same_origin(request: Request) -> bool:
     return True
 
 
-def build_app(hub: Hub, controls: Controls | None, *, username: str = "admin", password: str | None = None,
-              recording: Path | None = None) -> ASGIApp:
-    """The ASGI app; `recording`: the audio file a replay's events point into (replay view)."""
+def build_app(hub: Hub, controls: Controls | None, hosts: HostPolicy, *, username: str = "admin",
+              password: str | None = None, recording: Path | None = None) -> ASGIApp:
+    """The ASGI app answering to `hosts`; `recording`: the audio file a replay's events point into (replay view)."""
     streams = 0
 
     async def page(request: Request) -> Response:
@@ -161,7 +163,7 @@ def build_app(hub: Hub, controls: Controls | None, *, username: str = "admin", p
     app: ASGIApp = Starlette(routes=routes)
     if password is not None:
         app = BasicAuth(app, username, password)
-    return app
+    return HostCheck(app, hosts)
 
 
 def _media_type(path: Path) -> str:

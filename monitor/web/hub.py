@@ -85,8 +85,17 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self._closed = False
+        self.finished = False  # nothing more will come (a finished replay): streams end after what there is
 
     # ------------------------------------------------------------------ writers (any thread)
+
+    def finish(self) -> None:
+        """Say that the page is complete: each stream sends what there is, then `end`, and closes.
+
+        The page then stops listening (a finished replay is not a lost connection)."""
+        with self._lock:
+            self.finished = True
+        self._post("end", {})
 
     def add_room(self, room_id: str, name: str, clips: Path | None) -> None:
         with self._lock:
@@ -187,7 +196,7 @@ class Hub:
 
     def _snapshot(self) -> dict[str, Any]:
         """Everything the page needs to draw itself (call with the lock held)."""
-        return {"mode": self.mode, "history_s": self.history_s, "status": self.status,
+        return {"mode": self.mode, "history_s": self.history_s, "status": self.status, "finished": self.finished,
                 "rooms": [room.snapshot() for room in self.rooms.values()]}
 
     def snapshot_json(self) -> str:
@@ -199,6 +208,10 @@ class Hub:
         with self._lock:
             seq = self._seq
             first = f"event: snapshot\ndata: {json.dumps(self._snapshot(), separators=(',', ':'))}\n\n"
+            finished = self.finished
+        if finished:  # all there is, and the end: the page stops listening instead of reconnecting
+            yield "retry: 2000\n\n" + first + "event: end\ndata: {}\n\n"
+            return
         yield "retry: 2000\n\n" + first
         while not self._closed:
             changed = self._changed
@@ -211,6 +224,8 @@ class Hub:
                 seq = self._seq
             if fresh:
                 yield "".join(text for _, text in fresh)
+                if any(text.startswith("event: end\n") for _, text in fresh):
+                    return
                 continue
             if changed is None:
                 return

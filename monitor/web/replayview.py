@@ -29,8 +29,10 @@ def _lines(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def load_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Path) -> Hub:
-    """A hub holding the whole replay (no 10-minute limit: the recording is the span)."""
+def load_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Path,
+                duration: float | None = None) -> Hub:
+    """A hub holding the whole replay (no 10-minute limit: the recording is the span), finished:
+    its page says so, with the recording's `duration` (seconds), and stops listening."""
     room = config.rooms[0]
     hub = Hub(history_s=None, mode="replay", recent_events=None)
     clips = out_dir / "clips"
@@ -52,15 +54,18 @@ def load_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Path
                                  "lift": record.get("lift"), "text": record.get("text"), "reason": record.get("reason"),
                                  "clip": clip})
     hub.set_status({"name": config.display_name, "node": config.node_id, "recording": recording.name,
+                    "duration_s": None if duration is None else round(duration, 3),
                     "windows": len(scores), "rooms": {room.id: {"state": "replay", "capture": "file", "skipped": 0,
                                                                 "processed": len(scores), "muted_own": False}}})
+    hub.finish()
     return hub
 
 
-def serve_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Path) -> int:
-    """Serve the replay's page until Ctrl-C or SIGTERM; the exit code."""
+def serve_replay(out_dir: Path, ruleset: RuleSet, config: Config, recording: Path,
+                 duration: float | None = None) -> int:
+    """Serve the replay's page until Ctrl-C or SIGTERM; the exit code. `duration`: the recording's, in seconds."""
     try:
-        server = WebServer(load_replay(out_dir, ruleset, config, recording), None, config.web,
+        server = WebServer(load_replay(out_dir, ruleset, config, recording, duration), None, config.web,
                            read_web_password(config.web), recording=recording.resolve())
         url = server.start()
     except WebError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monitor.configtypes import read_secret
 from monitor.web.app import Controls, build_app
+from monitor.web.hosts import HostPolicy
 from monitor.web.hub import Hub
 from monitor.web.settings import WebSettings
 
@@ -25,11 +26,17 @@ class WebError(Exception):
 
 
 def read_web_password(settings: WebSettings) -> str | None:
-    """The page's password; WebError (one line) when it is configured but cannot be read."""
+    """The page's password; WebError (one line) when it is configured but cannot be read, or is empty."""
     try:
-        return read_secret(settings.password_file, settings.password_env, "web", "the web page's password")
+        password = read_secret(settings.password_file, settings.password_env, "web", "the web page's password")
     except ValueError as exc:
         raise WebError(str(exc)) from None
+    if password is not None and not password.strip():  # never a login of `admin:` and nothing
+        where = (f"web.password_file {settings.password_file}: its first line is empty"
+                 if settings.password_file is not None
+                 else f"web.password_env: the environment variable {settings.password_env} is empty")
+        raise WebError(f"{where}; give the page a password there (or, on loopback only, remove the setting)")
+    return password
 
 
 class WebServer:
@@ -39,7 +46,8 @@ class WebServer:
                  recording: Path | None = None):
         self.hub = hub
         self.settings = settings
-        self.app = build_app(hub, controls, username=settings.username, password=password, recording=recording)
+        hosts = HostPolicy(settings.host, settings.allowed_hosts)
+        self.app = build_app(hub, controls, hosts, username=settings.username, password=password, recording=recording)
         self.locked = password is not None
         self.port: int | None = None
         self._server = None

@@ -7,10 +7,29 @@ web stack.
 from __future__ import annotations
 
 import ipaddress
+import re
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from monitor.configtypes import ConfigPath, Section
+
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def normalise(name: str) -> str | None:
+    """A host name or address in one spelling (lower case, no brackets, no final dot); None if it is neither."""
+    text = name.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text.endswith(".") and ":" not in text:
+        text = text[:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    return text if HOST_NAME.fullmatch(text) and len(text) <= 253 else None
 
 
 def is_loopback(host: str) -> bool:
@@ -38,6 +57,26 @@ class WebSettings(Section):
     """File holding the page's password (first line). Keep it mode 0640 with group audio-monitor (or 0600)."""
     password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of an environment variable holding the page's password."""
+    allowed_hosts: tuple[str, ...] = ()
+    """More names the page answers to (a LAN name, a reverse proxy's name): host names or addresses,
+    without scheme or port. Loopback, `localhost` and `host` are always accepted; other names get 421."""
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _one_name(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value  # `allowed_hosts: nas.lan` is a list of one
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for name in names:
+            plain = normalise(name)
+            if plain is None:
+                raise ValueError(f"{name!r} is not a host name or address; give names such as nas.lan or "
+                                 "192.168.1.5, without scheme or port")
+            out.append(plain)
+        return tuple(out)
 
     @model_validator(mode="after")
     def _password_beyond_loopback(self) -> WebSettings:

@@ -3,7 +3,7 @@
 
 const SVG = "http://www.w3.org/2000/svg";
 const W = 600, H = 100;  // chart viewBox; stretched to the panel's width
-let state = { mode: "live", history_s: 600, status: {}, rooms: {} };
+let state = { mode: "live", history_s: 600, status: {}, finished: false, rooms: {} };
 let dirty = new Set();
 
 function el(tag, attrs = {}, ...children) {
@@ -17,6 +17,13 @@ function el(tag, attrs = {}, ...children) {
 
 function clock(t) {
   return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+function span(seconds) {  // a recording's length: 20.0 s, 4 min 05 s, 1 h 02 min
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const whole = Math.round(seconds), h = Math.floor(whole / 3600), m = Math.floor(whole % 3600 / 60);
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h} h ${two(m)} min` : `${m} min ${two(whole % 60)} s`;
 }
 
 function value(rule, pair) {
@@ -144,7 +151,9 @@ function renderStatus() {
   const s = state.status;
   const head = document.getElementById("status");
   if (state.mode === "replay") {
-    head.textContent = `replay of ${s.recording || "a recording"}: ${s.windows || 0} windows`;
+    const length = typeof s.duration_s === "number" ? `${span(s.duration_s)} of audio, ` : "";
+    head.textContent = `replay of ${s.recording || "a recording"}` + (state.finished ? " finished: " : ": ") +
+      `${length}${s.windows || 0} windows`;
   } else if (s.rooms) {
     const skipped = Object.values(s.rooms).reduce((n, r) => n + (r.skipped || 0), 0);
     head.textContent = `MQTT ${s.mqtt}, ${s.windows_per_s} windows/s, skipped ${skipped}` +
@@ -212,7 +221,7 @@ function schedule(id) {
 const source = new EventSource("api/stream");
 source.addEventListener("snapshot", (m) => {
   const data = JSON.parse(m.data);
-  state = { mode: data.mode, history_s: data.history_s, status: data.status, rooms: {} };
+  state = { mode: data.mode, history_s: data.history_s, status: data.status, finished: data.finished, rooms: {} };
   for (const room of data.rooms) state.rooms[room.id] = room;
   renderAll();
 });
@@ -251,6 +260,14 @@ source.addEventListener("status", (m) => {
   state.status = JSON.parse(m.data);
   renderStatus();
 });
+// A finished replay has nothing more to send: the server ends its stream after `end`, and the page
+// stops listening (it is complete, not cut off). Only a live page that loses its stream reconnects.
+source.addEventListener("end", () => {
+  source.close();
+  state.finished = true;
+  renderStatus();
+});
 source.addEventListener("error", () => {
+  if (state.finished) return;
   document.getElementById("status").textContent = "connection lost; reconnecting…";
 });
