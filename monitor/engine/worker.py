@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.engine.api import Request, Result
 from monitor.engine.settings import ModelSettings
+from monitor.modelhealth import Streak
 
 if TYPE_CHECKING:
     from monitor.engine.api import Backend
@@ -74,6 +75,7 @@ class EngineWorker:
         self._calibrate: list[tuple[list[str], float | None, bool]] = (
             [(list(calibrate), calibrate_seconds, True)] if calibrate else [])
         self.stats = WorkerStats()
+        self.health = Streak()  # failed answers of any room since the last real answer (see monitor.modelhealth)
         self.load_error: str | None = None
         self.heartbeat = time.monotonic()
         self._inboxes: dict[str, deque[Request]] = {}  # per source, in the order sources first submitted
@@ -335,6 +337,9 @@ class EngineWorker:
             self.stats.batches += 1
             if self._abandoned:
                 return
+        now = time.monotonic()
+        for result in results:
+            self.health.note(result, now)
         for request, result in zip(batch, results, strict=True):
             try:
                 self.on_result(result)
