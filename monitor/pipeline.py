@@ -293,11 +293,11 @@ class Pipeline:
         was, self.model_state = self.model_state, state  # equal states still bring the newer detail
         if state == was:
             return False, []
-        events: list[Event] = []
-        if not state.ok:
-            with self._rules_lock:
-                events = [e.for_source(self.id) for e in self.rules.deafen("model_failed", time.time() if now is None else now)]
-        return True, events
+        if state.ok:
+            return True, []
+        with self._rules_lock:
+            off = self.rules.deafen("model_failed", time.time() if now is None else now)
+        return True, [e.for_source(self.id) for e in off]
 
     def swap_rules(self, ruleset: RuleSet) -> list[Event]:
         """Install new rules between windows; unchanged rules keep their state."""

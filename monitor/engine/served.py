@@ -317,11 +317,11 @@ class ServedModel:
         missing = [p for p in dict.fromkeys(prompts) if p not in self.baselines]
         if not missing:
             return {}
-        length = self.calibration_seconds or 8.0
-        silence: str | None = None
-        for p in missing:
-            if p not in self._baseline_jobs:
-                silence = silence or wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
+        asking = [p for p in missing if p not in self._baseline_jobs]
+        if asking:
+            length = self.calibration_seconds or 8.0
+            silence = wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
+            for p in asking:
                 self._baseline_jobs[p] = self.pool.submit(self._score_one, silence, p, deadline)
         return {p: self._baseline_jobs[p] for p in missing}
 
