@@ -241,6 +241,8 @@ class Daemon:
         hearing = room.hearing
         channel.set_hearing(hearing.ok, hearing.reason, hearing.detail)
         self.metrics.capture_ok.labels(room.id).set(1 if hearing.ok else 0)
+        self.metrics.model_ok.labels(room.id).set(1 if room.model_state.ok else 0)
+        self._announce_model()
         self.metrics.muted.labels(room.id).set(1 if room.pipeline.muted else 0)
         for counter in (self.metrics.windows, self.metrics.processed, self.metrics.failed, self.metrics.skipped,
                         self.metrics.overflows):
@@ -411,6 +413,7 @@ class Daemon:
             self._command(*self._commands.pop(0))
         for room in self.rooms.values():
             self._check_hearing(room)
+        self._check_model()
         if self._reload.is_set():
             self._reload.clear()
             self._do_reload("reload requested", list(self.reloaders))
@@ -513,6 +516,30 @@ class Daemon:
             room.channel.set_hearing(hearing.ok, hearing.reason, hearing.detail)
         self._report_status()
 
+    def _check_model(self) -> None:
+        """Notice rooms the model stopped (or started again) answering: OFF events, the Model problem sensor, metrics."""
+        changed = False
+        for room in self.rooms.values():
+            moved, events = room.check_model()
+            if moved:
+                changed = True
+                room.publish(events, None)
+                self.metrics.model_ok.labels(room.id).set(1 if room.model_state.ok else 0)
+        if changed:
+            self._announce_model()
+            self._report_status()
+
+    def _announce_model(self) -> None:
+        """The daemon-wide Model problem sensor: ON while any room is model_failed."""
+        if self.publisher is None:
+            return
+        failed = {rid: r.model_state.detail for rid, r in self.rooms.items() if not r.model_state.ok}
+        if self.config.multi_room:
+            detail = "; ".join(f"{rid}: {d}" for rid, d in failed.items())
+        else:
+            detail = next(iter(failed.values()), "")
+        self.publisher.node.set_model(not failed, detail, list(failed) if self.config.multi_room else None)
+
     def _load_mute(self, path: Path) -> bool:
         """Mute survives a restart: a privacy switch that forgets itself is no privacy switch."""
         try:
@@ -555,7 +582,11 @@ class Daemon:
         if not self.config.multi_room and rooms:
             return {**next(iter(rooms.values())), **out}
         deaf = [room_id for room_id, s in rooms.items() if s["hearing"] not in ("ok", "muted")]
-        out["state"] = "deaf" if deaf and len(deaf) == len(rooms) else "listening"
+        failed = [room_id for room_id, s in rooms.items() if s["model"] != "ok"]
+        listening = [room_id for room_id, s in rooms.items() if s["state"] == "listening"]
+        out["state"] = ("deaf" if deaf and len(deaf) == len(rooms) else "model_failed" if failed and not listening
+                        else "listening")
+        out["model"] = "model_failed" if failed else "ok"
         out["rooms"] = rooms
         return out
 
@@ -585,12 +616,16 @@ class Daemon:
                   f"outbox {s['outbox']}")
         if "rooms" not in s:
             deaf = f"cannot hear ({s['hearing']}: {s['hearing_detail']}); " if s["hearing"] not in (None, "ok") else ""
-            return f"{deaf}{s['state']}: {common}, lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}"
+            failed = f"model failed ({s['model_detail']}); " if s["model"] != "ok" else ""
+            return f"{deaf}{failed}{s['state']}: {common}, lag {s['lag_s'] or 0:.1f}s, skipped {s['skipped']}"
         rooms = s["rooms"]
         cannot = [f"{rid} ({r['hearing']})" for rid, r in rooms.items() if r["hearing"] != "ok"]
         deaf = f"cannot hear: {', '.join(cannot)}; " if cannot else ""
+        unanswered = [rid for rid, r in rooms.items() if r["model"] != "ok"]
+        failed = f"model failed: {', '.join(unanswered)}; " if unanswered else ""
+        listening = sum(r["state"] == "listening" for r in rooms.values())
         skipped = sum(r["skipped"] for r in rooms.values())
-        return f"{deaf}{len(rooms) - len(cannot)}/{len(rooms)} rooms listening: {common}, skipped {skipped}"
+        return f"{deaf}{failed}{listening}/{len(rooms)} rooms listening: {common}, skipped {skipped}"
 
     def _sync_totals(self) -> None:
         for room in self.rooms.values():

@@ -32,7 +32,7 @@ class Event:
     clip: str | None = None  # path of the evidence clip, when one was saved
     source_rule: str | None = None  # for `match` events: the text rule whose answer matched
     source: str = ""  # the room (source id) whose rule it is; names the topics it goes to
-    reason: str | None = None  # for `off` events: released, schedule, rule_changed, rule_removed, rule_disabled, muted, capture_lost
+    reason: str | None = None  # for `off` events: released, schedule, rule_changed, rule_removed, rule_disabled, muted, capture_lost, model_failed
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique; a hub drops duplicates by it
 
     def with_clip(self, path: str) -> Event:

@@ -37,6 +37,8 @@ class Metrics:
         self.muted = Gauge("audio_monitor_muted", "1 while muted (no questions asked, no audio saved)", room, registry=r)
         self.capture_ok = Gauge("audio_monitor_capture_ok", "1 while the source can hear (not muted, capture working, "
                                 "not only digital silence)", room, registry=r)
+        self.model_ok = Gauge("audio_monitor_model_ok", "1 while the model answers the source's windows (0: model_failed, "
+                              "its windows failing for model.failure_timeout)", room, registry=r)
         self._server: Any = None
         self._totals: dict[str, float] = {}
 

@@ -14,6 +14,11 @@ silence for longer than `audio.silence_timeout`) — must not keep an alarm ON t
 ever clear, nor look healthy: `check_hearing` turns every ON rule OFF with the reason, and
 answers about audio from before hearing resumed are not decided. Mute is applied where audio is
 written (the ring stores zeros), so nothing heard while muted reaches a window, a clip or a log.
+
+The model. A room whose windows keep failing for `model.failure_timeout` (see `monitor.modelhealth`)
+is `model_failed`: `check_model` turns every ON rule OFF with that reason, and the room recovers
+by itself with the next answer. It is apart from hearing: a room can be both (it cannot hear, and
+could not be answered if it did); the rules turned OFF carry the reason that came first.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from monitor.config import MODEL_RATE, Config, Room
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
+from monitor.modelhealth import MODEL_OK, ModelState, Streak, assess
 from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.windows import WindowScheduler
 
@@ -92,6 +98,9 @@ class Pipeline:
         self.rules = RuleEngine(ruleset)
         self.stats = PipelineStats()
         self.hearing = HEARING_OK
+        self.model_state: ModelState = MODEL_OK
+        self._answers = Streak()  # this room's failed answers since its last real one
+        self.clock: Callable[[], float] = time.monotonic  # when answers are taken (tests step it)
         self._hear_from = 0  # answers about windows that start earlier are not decided
         self._lost_at = 0  # where hearing was last lost: earlier audio is still decided (not after a mute)
         self._seen_written, self._seen_at = 0, time.monotonic()  # when the ring last grew (stall check)
@@ -201,6 +210,7 @@ class Pipeline:
         """
         self.stats.processed += 1
         self.stats.failed += result.error is not None
+        self._answers.note(result, self.clock())
         self.stats.last_engine_ms = result.engine_ms
         window = result.window
         # on the audio's clock: how much has been captured since the window ended (a clock step cannot fake lag)
@@ -270,6 +280,24 @@ class Pipeline:
             # capture, windows from before this moment hold the outage
             self._hear_from = self.ring.private_end if was.reason == "muted" else self.ring.written
         return True, events
+
+    # ------------------------------------------------------------------ the model
+
+    def check_model(self, now: float | None = None) -> tuple[bool, list[Event]]:
+        """Re-assess whether the model answers this room (the caller's thread); (changed, the OFF events a failure caused).
+
+        Entering `model_failed`, every ON rule turns OFF with that reason: no answer could clear it.
+        `now`: the wall-clock time the OFF events carry.
+        """
+        state = assess(self._answers.view, self.worker.health.view, self.config.model.failure_timeout)
+        was, self.model_state = self.model_state, state  # equal states still bring the newer detail
+        if state == was:
+            return False, []
+        if state.ok:
+            return True, []
+        with self._rules_lock:
+            off = self.rules.deafen("model_failed", time.time() if now is None else now)
+        return True, [e.for_source(self.id) for e in off]
 
     def swap_rules(self, ruleset: RuleSet) -> list[Event]:
         """Install new rules between windows; unchanged rules keep their state."""

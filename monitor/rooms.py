@@ -1,7 +1,7 @@
-"""One room of a running daemon: its listening pipeline, evidence clips, mute switch and hearing.
+"""One room of a running daemon: its listening pipeline, evidence clips, mute switch, hearing and model state.
 
 The daemon's main thread owns every `ActiveRoom`: it hands each answered window to `handle`,
-and calls `check_hearing` and `set_muted` between windows. The room decides its rules, saves a
+and calls `check_hearing`, `check_model` and `set_muted` between windows. The room decides its rules, saves a
 clip for an ON event, and passes windows and events on to the daemon's sinks, each sink's error
 isolated so that no consumer can stop an alarm.
 """
@@ -20,6 +20,7 @@ from monitor.config import Config, Room
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
+from monitor.modelhealth import ModelState
 from monitor.pipeline import Hearing, Pipeline
 from monitor.rules import RuleSet
 from monitor.sinks import Sink
@@ -132,16 +133,43 @@ class ActiveRoom:
     def hearing(self) -> Hearing:
         return self.pipeline.hearing
 
+    # ------------------------------------------------------------------ the model
+
+    def check_model(self) -> tuple[bool, list[Event]]:
+        """Re-assess whether the model answers this room; (changed, the OFF events a failure caused). Logs the change once."""
+        changed, events = self.pipeline.check_model()
+        if changed:
+            state = self.pipeline.model_state
+            where = "" if not self.config.multi_room else f"{self.id}: "
+            if state.ok:
+                log.info("%sthe model answers again: windows are decided as usual", where)
+            else:
+                log.error("%smodel failed: %s; %d rule(s) that were ON turned OFF, and the Model problem sensor is ON "
+                          "until answers return (the log above says why the windows fail)", where, state.detail,
+                          len(events))
+        return changed, events
+
+    @property
+    def model_state(self) -> ModelState:
+        return self.pipeline.model_state
+
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        """This room's part of the JSON status."""
+        """This room's part of the JSON status.
+
+        `state`, when several things are wrong, names the first of: muted (the user's choice), deaf
+        (nothing to ask about), model_failed (heard, but not answered).
+        """
         p = self.pipeline
-        hearing = p.hearing
+        hearing, model = p.hearing, p.model_state
         return {
-            "state": "muted" if p.muted else "listening" if hearing.ok else "deaf",
+            "state": ("muted" if p.muted else "deaf" if not hearing.ok else "model_failed" if not model.ok
+                      else "listening"),
             "hearing": hearing.label,
             "hearing_detail": hearing.detail if not hearing.ok else None,
+            "model": model.label,
+            "model_detail": model.detail if not model.ok else None,
             "lag_s": round(p.stats.last_lag, 2),
             "windows": p.stats.windows,
             "processed": p.stats.processed,

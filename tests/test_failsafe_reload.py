@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 import yaml
 from test_rules_support import T0, answer, engine_for, ruleset_for, window
@@ -123,3 +124,79 @@ def test_pipeline_reload_while_a_window_is_with_the_engine(tmp_path: Path) -> No
     finally:
         fake.release.set()
         pipeline.stop()
+
+
+def test_a_reload_never_holds_the_engine_thread_on_a_served_model_that_hangs() -> None:
+    """A question added by a reload is calibrated beside the windows, not before them: with the server hanging,
+    every room's windows are still failed within `model.timeout` and the engine's heartbeat keeps moving; once
+    the server answers, the new question gets its baseline."""
+    import math
+    import queue
+    import time
+
+    from monitor.engine.api import Question
+    from monitor.engine.backends import load_backend
+    from monitor.engine.settings import ModelSettings
+    from monitor.engine.worker import EngineWorker
+    from monitor.testing.signals import make_window, noise
+    from tests.vllm_support import FakeServer, logprobs_answer
+
+    hanging, release = threading.Event(), threading.Event()
+
+    def chat(body: dict) -> tuple[int, Any, float]:
+        if hanging.is_set():  # accepts, reads the request, and says nothing
+            release.wait(60)
+        question = body["messages"][-1]["content"][1]["text"]
+        yes = 0.2 if question == "new?" else 0.7  # baselines on silence: 0.7 old, 0.2 new
+        return 200, logprobs_answer([("token_id:11", math.log(yes)), ("token_id:21", math.log(1 - yes))]), 0.0
+
+    fake = FakeServer(chat)
+    results: queue.Queue[Result] = queue.Queue()
+    timeout = 2.0
+    worker = EngineWorker(ModelSettings(backend="openai", url=fake.url, name="fake", timeout=timeout),
+                          on_result=results.put, engine_factory=load_backend, calibrate=["old?"], calibrate_seconds=1.0)
+    seq = 0
+
+    def ask(room: str, prompt: str) -> float:
+        nonlocal seq
+        seq += 1
+        window = make_window(noise(1.0, 0.1, seed=seq), seq=seq, start=seq * RATE)
+        assert worker.submit(Request(window, (Question("q", prompt),), source=room), drop_oldest=True)
+        return time.monotonic()
+
+    try:
+        worker.start()
+        assert worker.wait_ready(30), worker.load_error
+        assert worker.wait_idle(30) and worker.engine.baselines == {"old?": 0.7}
+        hanging.set()
+        worker.calibrate(["old?", "new?"], 1.0)  # a reload added a question
+        quiet, got, started = 0.0, [], time.monotonic()
+        while time.monotonic() - started < 5 * timeout:  # two rooms, a window a second each
+            ask("a", "old?"), ask("b", "new?")
+            second = time.monotonic()
+            while time.monotonic() - second < 1.0:
+                quiet = max(quiet, time.monotonic() - worker.heartbeat)
+                while not results.empty():
+                    got.append(results.get())
+                time.sleep(0.05)
+        assert quiet < 2 * timeout + 2, f"the engine thread stood still for {quiet:.1f}s"
+        rooms = {r.source for r in got}
+        assert rooms == {"a", "b"} and len(got) >= 6, [(r.source, r.error) for r in got]
+        assert all(r.error is not None for r in got)  # the server says nothing: every window fails, in time
+        assert "new?" not in worker.engine.baselines
+        # the server answers again: the new question gets its baseline, and its room its scores
+        hanging.clear()
+        release.set()
+        deadline = time.monotonic() + 30
+        while True:
+            ask("b", "new?")
+            result = results.get(timeout=2 * timeout + 2)
+            if result.source == "b" and result.error is None:
+                break
+            assert time.monotonic() < deadline, result.error
+            time.sleep(0.5)
+        assert result.scores["q"].baseline == pytest.approx(0.2) and worker.engine.baselines["new?"] == pytest.approx(0.2)
+    finally:
+        release.set()
+        worker.stop(5)
+        fake.close()

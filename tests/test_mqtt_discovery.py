@@ -63,6 +63,7 @@ def test_discovery_has_every_entity_and_removes_deleted_rules(broker, publishers
         "speech_text": "sensor", "speech_event": "event",
         "call_for_help_event": "event",
         "mute": "switch", "level": "sensor", "reload": "button", "microphone": "binary_sensor",
+        "model": "binary_sensor",
     }
     assert {k: v["p"] for k, v in cmps.items()} == expected
     assert cmps["fall_state"]["device_class"] == "safety"

@@ -218,7 +218,7 @@ def test_discovery_payload_has_every_entity() -> None:
     assert p["o"]["name"] == "audio-monitor"
     c = p["cmps"]
     assert set(c) == {"baby_crying_state", "baby_crying_event", "speech_text", "speech_event", "call_for_help_event",
-                      "mute", "level", "reload", "microphone"}
+                      "mute", "level", "reload", "microphone", "model"}
     assert c["baby_crying_state"]["p"] == "binary_sensor" and c["baby_crying_state"]["device_class"] == "sound"
     assert c["baby_crying_state"]["state_topic"] == t.rule_state("baby_crying")
     assert c["baby_crying_event"]["event_types"] == ["on", "off"]
@@ -229,6 +229,9 @@ def test_discovery_payload_has_every_entity() -> None:
     mic = c["microphone"]  # ON while the monitor cannot hear
     assert mic["p"] == "binary_sensor" and mic["device_class"] == "problem" and mic["state_topic"] == t.hearing
     assert mic["value_template"] == "{{ value_json.problem }}" and mic["json_attributes_topic"] == t.hearing
+    model = c["model"]  # ON while the model does not answer (model_failed)
+    assert model["p"] == "binary_sensor" and model["device_class"] == "problem" and model["name"] == "Model"
+    assert model["state_topic"] == t.model == "audio-monitor/kitchen/model" and model["json_attributes_topic"] == t.model
     for cid, comp in c.items():
         assert comp["availability_topic"] == t.status, cid
         assert comp["payload_available"] == "online" and comp["payload_not_available"] == "offline"

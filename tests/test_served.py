@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from monitor.engine.loading import ModelLoadError
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import make_window, noise, tone
 from tests.conftest import REPO, free_port
-from tests.daemon_support import LOUD_RULES, DaemonProcess, events_of, write_config
+from tests.daemon_support import LOUD_RULES, DaemonProcess, NotifySocket, events_of, write_config
 from tests.vllm_support import (
     SERVED_NAME,
     FakeServer,
@@ -469,3 +471,82 @@ def test_daemon_on_a_served_model_survives_the_server_going_away(vllm, broker, s
     assert vllm.api_key not in daemon.output
     assert all(vllm.api_key.encode() not in payload for _, payload, _ in sub.messages)
     assert "failing requests at once" in daemon.output and "answers again" in daemon.output
+
+
+def test_a_served_model_that_stops_answering_is_model_failed_until_it_answers_again(vllm, broker, subscriber_factory,
+                                                                                    tmp_path):
+    """vLLM stopped (SIGSTOP: it says nothing) for 60 s, then continued: the rule that was ON turns OFF with
+    `reason: model_failed` once the windows have failed for `model.failure_timeout`; the Model problem sensor,
+    the status, STATUS= and the metric say so; when answers return the room recovers by itself."""
+    rate = 16000
+    rng = np.random.default_rng(5)
+    sf.write(tmp_path / "room.wav", (rng.standard_normal(240 * rate) * 0.1).astype(np.float32), rate)
+    key_file = tmp_path / "api-key"
+    key_file.write_text(vllm.api_key + "\n")
+    key_file.chmod(0o600)
+    config = write_config(tmp_path, tmp_path, broker.port, source=f"file:{tmp_path / 'room.wav'}", rules=LOUD_RULES,
+                          extra={"model": {"backend": "openai", "url": vllm.url, "name": SERVED_NAME,
+                                           "api_key_file": str(key_file), "timeout": "5s", "failure_timeout": "10s"}})
+    notify = NotifySocket(tmp_path / "notify.sock")
+    sub = subscriber_factory(broker, ["am/#", "homeassistant/#"])
+    daemon = DaemonProcess(config, env={"NOTIFY_SOCKET": notify.path})
+
+    def model_problem(problem: str, after: int = 0, timeout: float = 60.0) -> tuple[int, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, (t, p, _) in enumerate(list(sub.messages)[after:], start=after):
+                if t == "am/test_node/model" and json.loads(p)["problem"] == problem:
+                    return i, json.loads(p)
+            time.sleep(0.1)
+        raise TimeoutError(f"no Model problem {problem}:\n{daemon.output[-3000:]}")
+
+    def status(state: str, timeout: float = 30.0) -> dict:
+        found = sub.wait_for(lambda t, p, r: t == "am/test_node/info" and json.loads(p)["state"] == state, timeout=timeout)
+        return json.loads(found[1])
+
+    stopped = False
+    try:
+        daemon.wait_log("listening:", timeout=90)
+        port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", daemon.wait_log("metrics on")).group(1)
+        discovery = json.loads(sub.wait_for(lambda t, p, r: t == "homeassistant/device/test_node/config")[1])
+        sensor = discovery["cmps"]["model"]  # Home Assistant's Model problem sensor
+        assert sensor["device_class"] == "problem" and sensor["state_topic"] == "am/test_node/model"
+        model_problem("OFF")
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"ON", timeout=30)
+        assert _metric(port, "model_ok") == 1.0
+
+        os.killpg(vllm.proc.pid, signal.SIGSTOP)  # the server stops answering
+        stopped, stopped_at = True, time.monotonic()
+        off = json.loads(sub.wait_for(lambda t, p, r: t == "am/test_node/loud/event" and json.loads(p)["kind"] == "off",
+                                      timeout=60)[1])
+        assert off["reason"] == "model_failed" and time.monotonic() - stopped_at >= 10
+        assert sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"OFF", timeout=5)
+        i, problem = model_problem("ON")
+        assert problem["reason"] == "model_failed" and "its windows failed for" in problem["detail"]
+        info = status("model_failed")
+        assert info["model"] == "model_failed" and info["hearing"] == "ok" and info["failed"] >= 5
+        assert _metric(port, "model_ok") == 0.0
+        notify.wait("STATUS=model failed (its windows failed for", timeout=20)
+        daemon.wait_log("model failed: its windows failed for")
+        while time.monotonic() - stopped_at < 60:  # stopped for a minute: nothing turns ON, the daemon carries on
+            assert daemon.proc.poll() is None, daemon.output[-3000:]
+            time.sleep(1)
+        os.killpg(vllm.proc.pid, signal.SIGCONT)
+        stopped = False
+
+        model_problem("OFF", after=i, timeout=90)  # answers return: the room recovers by itself
+        daemon.wait_log("the model answers again")
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"ON" and
+                     len([e for e in events_of(sub.messages) if e["kind"] == "on"]) >= 2, timeout=30)
+        assert status("listening")["model"] == "ok"
+        assert _metric(port, "model_ok") == 1.0
+    finally:
+        if stopped:
+            os.killpg(vllm.proc.pid, signal.SIGCONT)
+        code = daemon.stop()
+        notify.close()
+        print(daemon.output)  # shown when the test fails
+    assert code == 0, daemon.output[-3000:]
+    assert "Traceback" not in daemon.output and vllm.api_key not in daemon.output
+    kinds = [(e["kind"], e.get("reason")) for e in events_of(sub.messages)]
+    assert kinds[:3] == [("on", None), ("off", "model_failed"), ("on", None)], kinds

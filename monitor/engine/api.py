@@ -97,6 +97,11 @@ class Backend(Protocol):
     `answer` takes up to `max_batch` requests, possibly of different sources, and returns one
     Result per request, in order. A failure that concerns one window is that Result's `error`;
     an exception fails the whole batch (the worker then fails each of its windows alone).
+
+    A backend that asks a server for its baselines may also have `start_calibration(prompts,
+    seconds)`: it starts asking and returns at once, and `answer` waits for a missing baseline
+    within a window's own time. The worker uses it for calibrations after start (a reload), so
+    that no room waits on a server that hangs.
     """
 
     name: str

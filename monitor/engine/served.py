@@ -101,6 +101,7 @@ class ServedModel:
         self.baselines: dict[str, float] = {}
         self.calibration_seconds: float | None = None
         self.calibrated = 0
+        self._baseline_jobs: dict[str, cf.Future] = {}  # baselines being asked, by question (engine thread only)
         self.failures = 0  # windows whose Result carries an error
         self.unknown = 0  # answers holding neither yes nor no (fallback scoring only)
 
@@ -278,26 +279,60 @@ class ServedModel:
     # ------------------------------------------------------------------ calibration
 
     def calibrate(self, prompts: Iterable[str], seconds: float | None = None) -> dict[str, float]:
-        """Baselines (score on silence) of the prompts, computing only those not known yet; a new length recomputes all."""
+        """Baselines (score on silence) of the prompts, computing only those not known yet; a new length recomputes all.
+
+        Waits for them (at start, before any window is answered, a fresh server may be slow: up
+        to `LOAD_TIMEOUT`); raises ServerError when one cannot be had.
+        """
         prompts = list(dict.fromkeys(prompts))
         pending = self._calibration(prompts, seconds, time.monotonic() + max(self.settings.timeout, LOAD_TIMEOUT))
-        for prompt, future in pending.items():
-            self._keep_baseline(prompt, future.result())  # raises ServerError: the caller decides what fails
+        for future in pending.values():
+            future.result()  # raises ServerError: the caller decides what fails
+        self._harvest()
         return {p: self.baselines[p] for p in prompts}
 
+    def start_calibration(self, prompts: Iterable[str], seconds: float | None = None) -> None:
+        """Ask for the baselines not known yet and return at once (after a reload that adds questions).
+
+        The engine thread answers every room: it must not wait on a server that hangs. The
+        questions go out beside the windows' ones, within the normal `model.timeout`; a window
+        that needs one of these baselines waits for it within its own time, and one that could
+        not be had is asked again with the next window that needs it.
+        """
+        self._calibration(prompts, seconds, time.monotonic() + self.settings.timeout)
+
     def _calibration(self, prompts: Iterable[str], seconds: float | None, deadline: float) -> dict[str, cf.Future]:
-        """The prompts not calibrated yet, each asked about silence (in flight, beside the windows' questions)."""
+        """The prompts not calibrated yet, each asked about silence (in flight, beside the windows' questions).
+
+        A baseline already being asked (`start_calibration`, an earlier batch) is not asked again:
+        its request is shared; one that failed is asked afresh.
+        """
         if seconds is not None and seconds != self.calibration_seconds:
             if self.baselines:
                 log.info("window length changed to %gs: recalibrating %d question(s)", seconds, len(self.baselines))
             self.baselines.clear()
+            self._baseline_jobs.clear()  # asked about the old length: their answers are left unused
             self.calibration_seconds = float(seconds)
+        self._harvest()
         missing = [p for p in dict.fromkeys(prompts) if p not in self.baselines]
         if not missing:
             return {}
-        length = self.calibration_seconds or 8.0
-        silence = wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
-        return {p: self.pool.submit(self._score_one, silence, p, deadline) for p in missing}
+        asking = [p for p in missing if p not in self._baseline_jobs]
+        if asking:
+            length = self.calibration_seconds or 8.0
+            silence = wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
+            for p in asking:
+                self._baseline_jobs[p] = self.pool.submit(self._score_one, silence, p, deadline)
+        return {p: self._baseline_jobs[p] for p in missing}
+
+    def _harvest(self) -> None:
+        """Keep the baselines whose requests have finished; forget those that failed (asked again when needed)."""
+        for prompt, future in list(self._baseline_jobs.items()):
+            if not future.done():
+                continue
+            del self._baseline_jobs[prompt]
+            if not future.cancelled() and future.exception() is None:
+                self._keep_baseline(prompt, future.result())
 
     def _keep_baseline(self, prompt: str, got: tuple[float, float | None] | None) -> None:
         if got is None:
@@ -340,9 +375,7 @@ class ServedModel:
         everything = list(baselines.values()) + [f for scores, texts in jobs for f in
                                                  [*scores.values(), *(t[3] for t in texts)]]
         cf.wait(everything, timeout=max(0.0, deadline - time.monotonic()) + 0.5)
-        for prompt, future in baselines.items():
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._keep_baseline(prompt, future.result())
+        self._harvest()
         elapsed = (time.perf_counter() - started) * 1000
         results = []
         for request, (scores, texts) in zip(requests, jobs, strict=True):
@@ -353,14 +386,16 @@ class ServedModel:
     def _result(self, request: Request, scores: dict[str, cf.Future], texts: list[tuple[str, int, int, cf.Future]],
                 baselines: list[cf.Future], elapsed: float) -> Result:
         window = request.window
-        futures = [*baselines, *scores.values(), *(t[3] for t in texts)]
+        own = [*scores.values(), *(t[3] for t in texts)]
+        futures = [*baselines, *own]
         error = next((f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()), None)
         if error is None and not all(f.done() for f in futures):
             error = ServerError(f"no answer within model.timeout ({self.settings.timeout:g}s)", server=False)
         if error is not None:
-            for future in futures:
+            for future in own:  # a baseline still in flight is shared: another window may use it
                 future.cancel()
             return Result(window, error=self._failed(error, window), engine_ms=elapsed)
+        self._harvest()  # a baseline may have arrived since the batch looked
         got: dict[str, Score] = {}
         for question in request.questions:
             answer = scores[question.prompt].result()

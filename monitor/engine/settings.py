@@ -76,6 +76,8 @@ class ModelSettings(Section):
     """Threads torch may use on the CPU; null = torch's default (all cores)."""
     max_batch: int = Field(8, ge=1, le=256)
     """Most windows (of any rooms) answered together in one forward pass."""
+    failure_timeout: Duration = Field(30.0, ge=1, le=3600)
+    """Windows failing this long with no answer between them put a room in `model_failed` (its ON rules turn OFF)."""
 
     # -- backend: openai (a model served elsewhere; the keys above about loading and placing it are unused)
     url: str | None = Field(None, pattern=r"^https?://[^\s]+$")

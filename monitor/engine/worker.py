@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.engine.api import Request, Result
 from monitor.engine.settings import ModelSettings
+from monitor.modelhealth import Streak
 
 if TYPE_CHECKING:
     from monitor.engine.api import Backend
@@ -70,8 +71,11 @@ class EngineWorker:
         self.on_result = on_result
         self.inbox_size = inbox_size
         self.engine_factory = engine_factory
-        self._calibrate: list[tuple[list[str], float | None]] = [(list(calibrate), calibrate_seconds)] if calibrate else []
+        # (prompts, seconds, at start): the calibrations to run before the next batch
+        self._calibrate: list[tuple[list[str], float | None, bool]] = (
+            [(list(calibrate), calibrate_seconds, True)] if calibrate else [])
         self.stats = WorkerStats()
+        self.health = Streak()  # failed answers of any room since the last real answer (see monitor.modelhealth)
         self.load_error: str | None = None
         self.heartbeat = time.monotonic()
         self._inboxes: dict[str, deque[Request]] = {}  # per source, in the order sources first submitted
@@ -164,7 +168,7 @@ class EngineWorker:
     def calibrate(self, prompts: Sequence[str], seconds: float | None = None) -> None:
         """Compute baselines for these prompts in the engine thread, before the next batch."""
         with self._cond:
-            self._calibrate.append((list(prompts), seconds))
+            self._calibrate.append((list(prompts), seconds, False))
             self._cond.notify_all()
 
     def wait_idle(self, timeout: float | None = None, source: str | None = None) -> bool:
@@ -307,9 +311,15 @@ class EngineWorker:
                 if self._abandoned:
                     return
 
-    def _run_calibration(self, engine: Backend, prompts: list[str], seconds: float | None) -> None:
+    def _run_calibration(self, engine: Backend, prompts: list[str], seconds: float | None, at_start: bool) -> None:
+        """At start, before any window, wait for the baselines; later (a reload) a backend that asks them of
+        a server only starts them: this thread answers every room and must not wait on a server that hangs."""
+        in_flight = getattr(engine, "start_calibration", None)
         try:
-            engine.calibrate(prompts, seconds)
+            if in_flight is not None and not at_start:
+                in_flight(prompts, seconds)
+            else:
+                engine.calibrate(prompts, seconds)
         except Exception as exc:  # noqa: BLE001 - retried lazily with the first window that asks
             log.error("calibration of %d question(s) failed: %s: %s", len(prompts), type(exc).__name__, exc)
 
@@ -327,6 +337,9 @@ class EngineWorker:
             self.stats.batches += 1
             if self._abandoned:
                 return
+        now = time.monotonic()
+        for result in results:
+            self.health.note(result, now)
         for request, result in zip(batch, results, strict=True):
             try:
                 self.on_result(result)

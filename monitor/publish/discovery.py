@@ -6,8 +6,9 @@ software that made the payload (`o`) and every entity (`cmps`):
 - per yes_no rule: a `binary_sensor` (ON/OFF state) and an `event` entity (event types on/off);
 - per text rule: a `sensor` holding the last answer and an `event` entity (event type text);
 - per match rule: an `event` entity (event type match);
-- a mute `switch`, a sound-level `sensor`, a rule-reload `button`, and a `problem` binary_sensor
-  "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence).
+- a mute `switch`, a sound-level `sensor`, a rule-reload `button`, a `problem` binary_sensor
+  "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence),
+  and a `problem` binary_sensor "Model" that is ON while the model does not answer (model_failed).
 
 Every component is bound to the monitor's availability topic. Home Assistant keeps a component
 that is merely left out of a later payload; it removes one that is sent with nothing but its
@@ -125,19 +126,20 @@ def _device_class(spec: EntitySpec, allowed: tuple[str, ...], platform: str) -> 
 
 def fixed_components(topics: Topics, qos: int, layout: Layout = "single",
                      daemon: Topics | None = None) -> dict[str, dict[str, Any]]:
-    """The controls and diagnostics of a device: mute, Microphone problem sensor, sound level, reload.
+    """The controls and diagnostics of a device: mute, Microphone and Model problem sensors, sound level, reload.
 
-    A single monitor has all four. A room has its mute, Microphone and level (the level only while
+    A single monitor has all five. A room has its mute, Microphone and level (the level only while
     its capture works; mute and Microphone whenever the daemon is online, so a dead room can still
-    be seen and muted); the daemon's hub device has the whole-home mute and the reload button.
+    be seen and muted); the daemon's hub device has the whole-home mute, the reload button and the
+    Model sensor (one model answers every room).
     """
     daemon = daemon or topics
     avail = _availability(daemon)
     out = _fixed(topics, qos, avail, _room_availability(daemon, topics) if layout == "room" else avail)
     if layout == "room":
-        del out["reload"]
+        del out["reload"], out["model"]
     elif layout == "daemon":
-        out = {"mute": {**out["mute"], "name": "Mute all rooms"}, "reload": out["reload"]}
+        out = {"mute": {**out["mute"], "name": "Mute all rooms"}, "reload": out["reload"], "model": out["model"]}
     return out
 
 
@@ -153,6 +155,12 @@ def _fixed(topics: Topics, qos: int, avail: dict[str, Any], level_avail: dict[st
             "p": "binary_sensor", "name": "Microphone", "unique_id": _unique(topics, "microphone"),
             "device_class": "problem", "state_topic": topics.hearing, "value_template": "{{ value_json.problem }}",
             "json_attributes_topic": topics.hearing, "payload_on": "ON", "payload_off": "OFF",
+            "entity_category": "diagnostic", "qos": qos, **avail,
+        },
+        "model": {
+            "p": "binary_sensor", "name": "Model", "unique_id": _unique(topics, "model"),
+            "device_class": "problem", "state_topic": topics.model, "value_template": "{{ value_json.problem }}",
+            "json_attributes_topic": topics.model, "payload_on": "ON", "payload_off": "OFF",
             "entity_category": "diagnostic", "qos": qos, **avail,
         },
         "level": {

@@ -69,6 +69,15 @@ class RoomChannel:
                 "capture": "lost" if reason == "capture_lost" else "ok"}
         self.publisher.set_retained(self.topics.hearing, json.dumps(body).encode())
 
+    def set_model(self, ok: bool, detail: str = "", rooms: list[str] | None = None) -> None:
+        """Whether the model answers, on {prefix}/{node}/model (retained): the Model problem sensor.
+
+        `rooms`: those in `model_failed` (a whole home; one model answers them all).
+        """
+        body = {"problem": "OFF" if ok else "ON", "reason": None if ok else "model_failed", "detail": detail or None,
+                "rooms": sorted(rooms or [])}
+        self.publisher.set_retained(self.topics.model, json.dumps(body).encode())
+
     def set_muted(self, muted: bool) -> None:
         """The mute switch's state on {prefix}/{room}/mute, retained."""
         self.publisher.set_retained(self.topics.mute_state, b"ON" if muted else b"OFF")

@@ -69,6 +69,11 @@ class Topics:
         return f"{self.base}/hearing"
 
     @property
+    def model(self) -> str:
+        """Retained JSON: does the model answer? `{"problem": "ON"|"OFF", "reason": ..., "detail": ..., "rooms": [...]}`."""
+        return f"{self.base}/model"
+
+    @property
     def scores(self) -> str:
         return f"{self.base}/scores"
 

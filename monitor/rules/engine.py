@@ -260,7 +260,7 @@ class RuleEngine:
     # ------------------------------------------------------------------ deafness
 
     def deafen(self, reason: str, ts: float) -> list[Event]:
-        """The room can no longer hear (muted, capture lost): every ON rule turns OFF now, saying why.
+        """The room can no longer hear (muted, capture lost) or be answered (model_failed): every ON rule turns OFF now, saying why.
 
         Streaks restart, so patience counts afresh once hearing resumes; hold and cooldown are
         left as they were (cooldown still spaces ON events across the gap). `ts` is the wall time
