@@ -216,12 +216,17 @@ class Daemon:
             self.rooms[room.id] = active
 
     def _start_publisher(self) -> None:
-        from monitor.publish import Publisher
+        """The publisher and the sinks; StartupError for what the `mqtt:` settings name wrongly
+        (a password file or variable, a TLS file): a broker that cannot be reached is retried."""
+        from monitor.publish import Publisher, PublisherError
 
         cfg = self.config
         rooms = [(r.id, r.name) for r in self.rooms.values()] if cfg.multi_room else None
-        self.publisher = Publisher(cfg.mqtt, cfg.node_id, cfg.display_name, self.state_dir,
-                                   on_command=self._on_command, rooms=rooms)
+        try:
+            self.publisher = Publisher(cfg.mqtt, cfg.node_id, cfg.display_name, self.state_dir,
+                                       on_command=self._on_command, rooms=rooms)
+        except PublisherError as exc:
+            raise StartupError(str(exc)) from None
         self.sinks[:] = [MqttSink(self.publisher), MetricsSink(self.metrics)]
         if self.scorelog is not None:
             self.sinks.append(ScoreLogSink(self.scorelog))
@@ -263,11 +268,11 @@ class Daemon:
         self._install_signals()
         try:
             self._prepare()
+            self._start_publisher()
         except StartupError as exc:
             log.error("%s", exc)
             return 1
         cfg = self.config
-        self._start_publisher()
         if cfg.metrics.enabled:
             try:
                 self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
