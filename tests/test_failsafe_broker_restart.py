@@ -135,8 +135,9 @@ def test_an_alarm_raised_during_a_long_broker_outage_arrives_seconds_after_its_r
         failed = pub.stats.connect_failures
     finally:
         pub.stop(timeout=2)
-    assert late < 5.0, f"the alarm arrived {late:.1f}s after the broker was back"
+    assert late < 7.0, f"the alarm arrived {late:.1f}s after the broker was back"  # reconnect_max 2 s and a loaded machine
     said = [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said  # a broker restart is no error
     (line,) = [m for m in said if "failed attempt(s)" in m]
     assert f"after {failed} failed attempt(s)" in line, (line, failed)
     assert failed >= 10  # every 2 s at most while away

@@ -59,10 +59,11 @@ CommandHandler = Callable[[str, str, str], None]
 
 
 class _QuietReconnects(logging.Filter):
-    """paho logs an ERROR on every failed reconnect loop; the publisher already said it once."""
+    """paho logs an ERROR on every failed reconnect loop, and on the reset of a broker that
+    restarts; the publisher already says it once (a lost connection is a WARNING)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
+        return not str(record.msg).startswith(("Client is not connected", "failed to receive on socket"))
 
 
 _paho_log = logging.getLogger(f"{__name__}.paho")
