@@ -57,6 +57,12 @@ def _home(tmp_path: Path, model: Path, broker_port: int) -> Path:
     return path
 
 
+def _capture(messages: list[tuple[str, bytes, bool]], room: str) -> str | None:
+    """The room's latest `capture` (ok or lost) on its hearing topic."""
+    said = [json.loads(p)["capture"] for t, p, _ in messages if t == f"am/{room}/hearing"]
+    return said[-1] if said else None
+
+
 def _held(output: str) -> list[tuple[str, str]]:
     """(room, event id) of the events the daemon stored in the outbox."""
     return re.findall(r"event (\w+)/loud on id=([0-9a-f]+) .*via=outbox", output)
@@ -95,8 +101,8 @@ def test_sigterm_with_three_hung_microphones_flushes_the_outbox_within_the_stop_
         assert not any(t.endswith("/event") for t, _, _ in hub.messages)  # held: the stop must send them
         # the sound server freezes: every room's capture hangs inside PortAudio
         mics.proc.send_signal(signal.SIGSTOP)
-        daemon.wait_log("no audio from the device", timeout=20)
-        time.sleep(3)  # each capture thread is now blocked reopening its device
+        hub.wait_until(lambda m: all(_capture(m, room) == "lost" for room in ROOMS), timeout=30, what="capture lost")
+        time.sleep(3)  # each capture thread is now blocked closing or reopening its device
         asked = time.monotonic()
         daemon.signal(signal.SIGTERM)
         try:
