@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_or_exit(path: Path | None, overrides: Sequence[str]):
-    """The validated config, or the problems on stderr and exit 1."""
+def load_config_or_exit(path: Path | None, overrides: Sequence[str], as_log: bool = False):
+    """The validated config, or the problems on stderr (`as_log`: as ERROR log lines) and exit 1."""
     from monitor.config import default_config_path, load_config
 
     path = path or default_config_path()
@@ -50,7 +50,10 @@ def load_config_or_exit(path: Path | None, overrides: Sequence[str]):
         return load_config(path, overrides)
     except ValidationFailed as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            if as_log:
+                log.error("%s", problem)
+            else:
+                print(problem, file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -96,7 +99,10 @@ def cmd_devices(_args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.logsetup import setup_logging
 
-    config = load_config_or_exit(args.config, args.overrides)
+    # before the config names its level: its problems are ERROR lines (a journal priority) like
+    # every later failure at start
+    setup_logging("info")
+    config = load_config_or_exit(args.config, args.overrides, as_log=True)
     setup_logging(config.log.level)
     from monitor.daemon import run_daemon
 

@@ -26,6 +26,9 @@ MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/audio-monitor/monitor.yaml"),)
+# The whole stop takes stop_timeout plus a few seconds (the publisher's last `offline`, the web
+# page, the interpreter's exit): 20 s leaves that room inside the unit's TimeoutStopSec=30s.
+STOP_TIMEOUT_MAX = 20.0
 
 
 class AudioSettings(Section):
@@ -179,10 +182,21 @@ class Config(Section):
     """The live page: http://127.0.0.1:8765/ by default."""
     scores_log: ConfigPath | None = None
     """Append every window's level, speech ratio and scores to this JSONL file (for tuning), as replay writes."""
-    stop_timeout: Duration = Field(10.0, gt=0, le=300)
-    """On SIGTERM: how long to wait for the window in flight and for the broker to take the outbox."""
+    stop_timeout: Duration = Field(10.0, gt=0)
+    """On SIGTERM: how long the whole stop may take (the window in flight gets at most half, the broker
+    the rest to take the outbox; a capture that hangs is not waited for). At most 20s, so that it
+    fits in the service's `TimeoutStopSec=30s`."""
     sources: dict[SourceId, SourceSettings] | None = None
     """Several rooms in one daemon (instead of `audio:`): source id -> name, audio, rules."""
+
+    @field_validator("stop_timeout")
+    @classmethod
+    def _stop_fits_the_service(cls, value: float) -> float:
+        if value > STOP_TIMEOUT_MAX:
+            raise ValueError(f"at most {STOP_TIMEOUT_MAX:g}s, got {value:g}s: the whole stop must end within the "
+                             "service's TimeoutStopSec=30s, after which systemd kills the daemon before the outbox "
+                             "is flushed and `offline` is said")
+        return value
 
     @property
     def display_name(self) -> str:

@@ -42,6 +42,8 @@ RELOAD_POLL = 2.0  # seconds between checks of the rule files
 STATUS_EVERY = 10.0  # seconds between STATUS= lines and MQTT status updates
 PRUNE_EVERY = 300.0  # seconds between clip retention passes
 FIRST_AUDIO_GRACE = 10.0  # a whole home is ready this long after start even if a room has no sound yet
+FLUSH_AT_LEAST = 2.0  # seconds the publisher always gets on the way out, to flush and say `offline`
+EXIT_GRACE = 3.0  # seconds the interpreter's own exit may take after the daemon stopped (see _exit_within)
 
 
 class StartupError(RuntimeError):
@@ -213,12 +215,17 @@ class Daemon:
             self.rooms[room.id] = active
 
     def _start_publisher(self) -> None:
-        from monitor.publish import Publisher
+        """The publisher and the sinks; StartupError for what the `mqtt:` settings name wrongly
+        (a password file or variable, a TLS file): a broker that cannot be reached is retried."""
+        from monitor.publish import Publisher, PublisherError
 
         cfg = self.config
         rooms = [(r.id, r.name) for r in self.rooms.values()] if cfg.multi_room else None
-        self.publisher = Publisher(cfg.mqtt, cfg.node_id, cfg.display_name, self.state_dir,
-                                   on_command=self._on_command, rooms=rooms)
+        try:
+            self.publisher = Publisher(cfg.mqtt, cfg.node_id, cfg.display_name, self.state_dir,
+                                       on_command=self._on_command, rooms=rooms)
+        except PublisherError as exc:
+            raise StartupError(str(exc)) from None
         self.sinks[:] = [MqttSink(self.publisher), MetricsSink(self.metrics)]
         if self.scorelog is not None:
             self.sinks.append(ScoreLogSink(self.scorelog))
@@ -262,11 +269,11 @@ class Daemon:
         self._install_signals()
         try:
             self._prepare()
+            self._start_publisher()
         except StartupError as exc:
             log.error("%s", exc)
             return 1
         cfg = self.config
-        self._start_publisher()
         if cfg.metrics.enabled:
             try:
                 self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
@@ -667,25 +674,56 @@ class Daemon:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self) -> None:
-        """Stop everything in order; a step that fails is logged and the next one still runs."""
+        """Stop everything within `stop_timeout`: the outbox and `offline` before waiting on any source.
+
+        systemd kills the daemon `TimeoutStopSec` after SIGTERM, and then the broker misses what
+        the outbox still holds and the hub sees the Last Will instead of `offline`. So capture and
+        windows of every room are told to stop at once, in the background (a hung device or stream
+        costs nothing here); the window in flight gets at most half the time; the answers that
+        came are decided and published; the publisher flushes what the broker takes in the rest
+        (at least FLUSH_AT_LEAST); only then is there any waiting for the sources, until the
+        deadline. A step that fails is logged and the next one still runs.
+        """
         self.notifier.stopping()
         timeout = self.config.stop_timeout
+        deadline = time.monotonic() + timeout
         publisher, scorelog, worker = self.publisher, self.scorelog, self.worker
+        stopping: list[tuple[str, threading.Thread]] = []
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        def audio() -> None:
+            log.info("stopping: the outbox and `offline` first, everything within %gs", timeout)
+            for room in self.rooms.values():
+                thread = threading.Thread(target=room.pipeline.stop_audio, name=f"stop-{room.id}", daemon=True)
+                thread.start()
+                stopping.append((room.id, thread))
+
+        def windows_in_flight() -> None:
+            if worker is not None:
+                worker.stop(timeout=left() / 2)
+            # answers that arrived while stopping are still decided and published
+            for room in self.rooms.values():
+                while (result := room.pipeline.next_result(timeout=0)) is not None:
+                    self._handle(room, result)
+
+        def sources() -> None:
+            for _room_id, thread in stopping:
+                thread.join(left())
+            hung = [room_id for room_id, thread in stopping if thread.is_alive()]
+            if hung:
+                log.warning("stopping: the capture of %s did not stop within %gs (a hung device or stream); "
+                            "exiting without it", ", ".join(hung), timeout)
+
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.rooms:
-            def drain() -> None:
-                log.info("stopping: capture first, then the windows in flight (at most %gs)", timeout)
-                for room in self.rooms.values():
-                    room.pipeline.stop_audio()
-                if worker is not None:
-                    worker.stop(timeout=timeout)
-                # answers that arrived while stopping are still decided and published
-                for room in self.rooms.values():
-                    for result in room.pipeline.stop(timeout=timeout):
-                        self._handle(room, result)
-            steps.append(("the rooms", drain))
+            steps += [("the capture", audio), ("the windows in flight", windows_in_flight)]
         if publisher is not None:
-            steps += [("the status", self._report_status), ("the publisher", lambda: publisher.stop(timeout=timeout))]
+            steps += [("the status", self._report_status),
+                      ("the publisher", lambda: publisher.stop(timeout=max(left(), FLUSH_AT_LEAST)))]
+        if self.rooms:
+            steps.append(("the capture (waiting)", sources))
         if scorelog is not None:
             steps.append(("the score log", scorelog.close))
         steps.append(("the metrics endpoint", self.metrics.close))
@@ -711,4 +749,25 @@ def _model_name(config: Config) -> str:
 
 def run_daemon(config: Config) -> int:
     """Entry point of `audio-monitor run`."""
-    return Daemon(config).run()
+    code = Daemon(config).run()
+    _exit_within(EXIT_GRACE, code)
+    return code
+
+
+def _exit_within(seconds: float, code: int) -> None:
+    """End the process `seconds` from now even if the interpreter's exit hangs.
+
+    A capture hung in a native library hangs the exit too (sounddevice's exit handler closes
+    every PortAudio stream, and a frozen sound server never answers), and systemd would then
+    kill the daemon and count a failure. By now the outbox is flushed and `offline` said.
+    """
+    def leave() -> None:
+        log.warning("exit: still not ended %gs after stopping (a native library, most likely a hung sound device); "
+                    "leaving without its clean-up", seconds)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True  # never delays a normal exit
+    timer.start()

@@ -9,6 +9,7 @@ message (`homeassistant/status` = `online`) or `mqtt.birth_timeout`.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.daemon_support import DaemonProcess, events_of, talk_file, write_conf
 
 NODE = "kitchen"
 EVENT_TOPIC = f"audio-monitor/{NODE}/fall/event"
+STATUS_TOPIC = f"audio-monitor/{NODE}/status"
 LATE = 2.0  # the hub reconnects this long after the broker is back (Home Assistant: about 1 s)
 
 
@@ -101,6 +103,44 @@ def test_events_go_as_soon_as_home_assistant_says_online(broker, hubs, publisher
     assert first_occurrences(hub.event_ids()) == ids
     pub.publish_event(make_event("later"))  # held no more until the next reconnect
     hub.wait_until(has_events(["later"], EVENT_TOPIC), timeout=3, what="a new event")
+
+
+def test_an_alarm_raised_during_a_long_broker_outage_arrives_seconds_after_its_return(
+        broker, hubs, tmp_path, caplog) -> None:
+    """The default reconnect settings: after 30 s away, the broker's return is noticed within
+    `reconnect_max` (not a backoff grown to a quarter of a minute), and a held event goes when Home
+    Assistant, back too, says `online`. The log and the status count the same failed attempts."""
+    caplog.set_level(logging.INFO, logger="monitor.publish")
+    pub = Publisher(MqttSettings(host=broker.host, port=broker.port), NODE, "Kitchen", tmp_path / "state")
+    try:
+        pub.start()
+        wait_for(lambda: pub.connected, what="connection")
+        broker.stop()
+        wait_for(lambda: not pub.connected, what="the publisher to notice")
+        down = time.monotonic()
+        time.sleep(5)
+        pub.publish_event(make_event("alarm"))
+        time.sleep(max(0.0, down + 28 - time.monotonic()))
+        # back just after a failed attempt: the worst moment for a backoff
+        failures = pub.stats.connect_failures
+        wait_for(lambda: pub.stats.connect_failures > failures, timeout=30, what="a failed attempt")
+        broker.start()
+        back = time.monotonic()
+        hub = hubs(broker, [EVENT_TOPIC, STATUS_TOPIC])  # Home Assistant, reconnected
+        hub.wait_until(lambda m: (STATUS_TOPIC, b"online") in [(t, p) for t, p, _ in m], timeout=30,
+                       what="the monitor's online")
+        birth(broker)
+        hub.wait_until(has_events(["alarm"], EVENT_TOPIC), timeout=30, what="the alarm")
+        late = time.monotonic() - back
+        failed = pub.stats.connect_failures
+    finally:
+        pub.stop(timeout=2)
+    assert late < 7.0, f"the alarm arrived {late:.1f}s after the broker was back"  # reconnect_max 2 s and a loaded machine
+    said = [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], said  # a broker restart is no error
+    (line,) = [m for m in said if "failed attempt(s)" in m]
+    assert f"after {failed} failed attempt(s)" in line, (line, failed)
+    assert failed >= 10  # every 2 s at most while away
 
 
 def test_what_paho_resent_at_once_is_sent_again_after_the_hold(broker, hubs, publishers, tmp_path) -> None:

@@ -124,6 +124,66 @@ def test_publisher_sends_directly_while_the_disk_is_full_and_uses_the_outbox_aga
     assert len([m for m in said if m.startswith("outbox writable again")]) == 1, said
 
 
+def test_acknowledged_events_a_full_disk_cannot_delete_are_neither_counted_nor_sent_again(
+        broker, recorders, small_disk, tmp_path, caplog) -> None:
+    """In WAL mode a DELETE needs free space: acknowledged rows stay in the file while the disk is
+    full. They leave the count at once, are deleted once there is room, and no event reaches the
+    broker twice, not even after a restart."""
+    caplog.set_level(logging.INFO, logger="monitor.publish")
+    state = tmp_path / "state"
+    disk = small_disk(state)
+    settings = MqttSettings(host=broker.host, port=broker.port, reconnect_min=0.2, reconnect_max=1, birth_timeout=60)
+    pub = Publisher(settings, NODE, "Kitchen", state)
+    try:
+        pub.start()
+        wait_for(lambda: pub.connected, what="the connection")
+        broker.stop()
+        wait_for(lambda: not pub.connected, what="the broker to be gone")
+        stored = [f"stored-{i:02d}" for i in range(30)]
+        assert [pub.publish_event(make_event(i)) for i in stored] == ["outbox"] * 30
+        assert disk.fill() > 0
+        full = [f"full-{i:02d}" for i in range(10)]
+        routes = [pub.publish_event(make_event(i)) for i in full]
+        assert routes.count("direct") >= 9, routes  # SQLite may squeeze one more into a page it already has
+        broker.start()
+        hub = recorders(broker, [EVENT_TOPIC, STATUS_TOPIC])
+        birth(broker, hub)
+        hub.wait_until(has_events([*stored, *full], EVENT_TOPIC), what="the events kept while the broker was away")
+        wait_for(lambda: pub.outbox_depth == 0 and pub.direct_waiting == 0, what="the outbox count to follow the acks")
+        with sqlite3.connect(state / "outbox.sqlite3") as db:  # the disk is still full: rows the broker has stay
+            assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] > 0
+
+        disk.free()
+
+        def rows() -> int:
+            with sqlite3.connect(state / "outbox.sqlite3") as db:
+                return db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+        wait_for(lambda: rows() == 0, what="the acknowledged rows to be deleted once there is room")
+        after = [f"after-{i}" for i in range(5)]
+        assert [pub.publish_event(make_event(i)) for i in after] == ["outbox"] * 5
+        hub.wait_until(has_events(after, EVENT_TOPIC), what="the events stored after space returned")
+        wait_for(lambda: pub.outbox_depth == 0, what="their acknowledgements")
+    finally:
+        pub.stop(timeout=2)
+    # a restart sends nothing the broker already had
+    again = Publisher(settings, NODE, "Kitchen", state)
+    try:
+        n = len(hub.payloads(STATUS_TOPIC))
+        again.start()
+        hub.wait_until(lambda m: b"online" in [p for t, p, _ in m if t == STATUS_TOPIC][n:], what="online after the restart")
+        send(broker.host, broker.port, "homeassistant/status", "online")
+        again.publish_event(make_event("restarted"))
+        hub.wait_until(has_events(["restarted"], EVENT_TOPIC), what="an event after the restart")
+    finally:
+        again.stop(timeout=2)
+    assert hub.event_ids() == [*stored, *full, *after, "restarted"]  # each once, in order
+    said = [r.getMessage() for r in caplog.records]
+    assert len([m for m in said if "cannot delete acknowledged events" in m]) == 1, said
+    assert len([m for m in said if "deleted the acknowledged events kept" in m]) == 1, said
+    assert not [m for m in said if "will be sent again" in m or "not yet acknowledged" in m], said
+
+
 # ---------------------------------------------------------------------------- the daemon
 
 

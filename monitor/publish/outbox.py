@@ -5,6 +5,10 @@ SIGKILL and (with `fsync`) a power cut. Rows are numbered by an AUTOINCREMENT ke
 acceptance is the order of sending, also after a restart, and a number is never reused even when
 the table runs empty.
 
+An acknowledged row leaves the count at once, and the file as soon as SQLite can delete it: in WAL
+mode a DELETE needs free space too, so on a full disk acknowledged rows may stay a while. They are
+remembered, never handed out again, and deleted by a later `remove` or `remove_acknowledged`.
+
 Thread use: one `Outbox` is shared by the caller that adds events and the publisher's worker that
 sends and deletes them; a lock serialises the two.
 """
@@ -63,6 +67,7 @@ class Outbox:
         self.max_rows = max_rows
         self.dropped = 0  # rows dropped because the outbox was full (each one logged)
         self._lock = threading.Lock()
+        self._acked: set[int] = set()  # acknowledged rows SQLite could not delete yet (a full disk)
         self._db = self._open(fsync)
         try:
             self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -130,6 +135,11 @@ class Outbox:
         return self._depth
 
     @property
+    def undeleted(self) -> int:
+        """Acknowledged rows still in the file because SQLite could not delete them yet."""
+        return len(self._acked)
+
+    @property
     def last_seq(self) -> int:
         """The highest sequence number of any row stored (0: none): later rows get higher ones."""
         return self._last_seq
@@ -153,8 +163,10 @@ class Outbox:
             return self._last_seq
 
     def _drop_oldest(self, count: int) -> None:
-        oldest = self._db.execute("SELECT seq, topic, ident FROM outbox ORDER BY seq LIMIT ?", (count,)).fetchall()
-        self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (count,))
+        rows = self._db.execute("SELECT seq, topic, ident FROM outbox ORDER BY seq LIMIT ?",
+                                (count + len(self._acked),)).fetchall()
+        oldest = [r for r in rows if r[0] not in self._acked][:count]
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in oldest])
         self._depth -= len(oldest)
         self.dropped += len(oldest)
         for _seq, old_topic, old_id in oldest:
@@ -183,23 +195,47 @@ class Outbox:
         return {r[0] for r in rows}
 
     def remove(self, seqs: list[int]) -> None:
-        """Forget acknowledged rows (one transaction for the lot)."""
-        if not seqs:
-            return
+        """Forget acknowledged rows: they stop counting now, and are deleted with any left from before.
+
+        OutboxError when SQLite cannot delete them now; they are kept aside (never handed out again)
+        for the next `remove` or `remove_acknowledged`.
+        """
         with self._lock:
+            new = set(seqs) - self._acked
+            present: set[int] = set()
+            if new:
+                marks = ",".join("?" * len(new))
+                try:  # a read needs no free space; a row dropped for room while in flight is not counted twice
+                    present = {r[0] for r in self._db.execute(f"SELECT seq FROM outbox WHERE seq IN ({marks})",
+                                                              list(new))}
+                except sqlite3.Error:
+                    present = new
+                self._acked |= present
             try:
-                self._db.execute("BEGIN")
-                removed = 0
-                for seq in seqs:
-                    removed += self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
+                self._delete_acked()
+            finally:  # after the attempt: when it works, `depth` 0 means an empty file
+                self._depth -= len(present)
+
+    def remove_acknowledged(self) -> None:
+        """Try again to delete the acknowledged rows a full disk kept; OutboxError if it still cannot."""
+        with self._lock:
+            self._delete_acked()
+
+    def _delete_acked(self) -> None:
+        if not self._acked:
+            return
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq in sorted(self._acked)])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                # Not fatal: the rows are sent again later, and a hub drops duplicates by event id.
-                log.error("outbox %s: cannot delete acknowledged events (%s); they will be sent again", self.path, exc)
-                return
-            self._depth -= removed
+            except sqlite3.Error:
+                pass
+            raise OutboxError(f"cannot delete acknowledged events from the outbox {self.path}: {exc}") from None
+        self._acked.clear()
 
     def close(self) -> None:
         with self._lock:

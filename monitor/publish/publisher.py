@@ -59,10 +59,11 @@ CommandHandler = Callable[[str, str, str], None]
 
 
 class _QuietReconnects(logging.Filter):
-    """paho logs an ERROR on every failed reconnect loop; the publisher already said it once."""
+    """paho logs an ERROR on every failed reconnect loop, and on the reset of a broker that
+    restarts; the publisher already says it once (a lost connection is a WARNING)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
+        return not str(record.msg).startswith(("Client is not connected", "failed to receive on socket"))
 
 
 _paho_log = logging.getLogger(f"{__name__}.paho")
@@ -94,7 +95,7 @@ class PublisherStats:
     rate_limited: int  # scores/levels skipped by their interval
     dropped_events: int  # events dropped because the outbox was full (each logged as an error)
     connects: int  # successful connections
-    connect_failures: int  # failed attempts (unreachable, refused, TLS)
+    connect_failures: int  # failed attempts to connect since start (unreachable, refused, TLS); not lost connections
     ignored_commands: int  # malformed or unknown inbound commands
     direct_events: int  # events published directly because the outbox could not store them
 
@@ -348,14 +349,17 @@ class Publisher:
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            self._connect_failures += 1
+            self._attempt_failed()
             self._problem(describe_refusal(reason, self.settings) + "; retrying, events are kept in the outbox", logging.ERROR)
             return
         self._connected = True
         self._connects += 1
-        if self._last_problem is not None or self._failures_since_connect:
+        if self._failures_since_connect:
             log.info("mqtt: connected to %s:%d (after %d failed attempt(s)); %d event(s) waiting",
                      self.settings.host, self.settings.port, self._failures_since_connect, self.store.waiting)
+        elif self._last_problem is not None:
+            log.info("mqtt: connected to %s:%d again; %d event(s) waiting", self.settings.host, self.settings.port,
+                     self.store.waiting)
         else:
             log.info("mqtt: connected to %s:%d", self.settings.host, self.settings.port)
         self._last_problem = None
@@ -369,7 +373,7 @@ class Publisher:
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         # paho calls this inside its `except OSError` block, so the cause is still at hand
-        self._connect_failures += 1
+        self._attempt_failed()
         exc = sys.exc_info()[1]
         self._problem(describe_connect_error(exc, self.settings) + "; retrying, events are kept in the outbox",
                       logging.WARNING)
@@ -420,9 +424,14 @@ class Publisher:
         if self.on_command is not None:
             self.on_command(name, value, target)
 
+    def _attempt_failed(self) -> None:
+        """One failed attempt to connect: what the status's `connect_failures` and the log's "after N
+        failed attempt(s)" both count (a lost connection is not an attempt)."""
+        self._connect_failures += 1
+        self._failures_since_connect += 1
+
     def _problem(self, message: str, level: int) -> None:
         """Log a connection problem once; repeats of the same one go to debug."""
-        self._failures_since_connect += 1
         if message != self._last_problem:
             log.log(level, "%s", message)
             self._last_problem = message

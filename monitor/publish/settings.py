@@ -100,8 +100,9 @@ class MqttSettings(Section):
     tls: TlsSettings = TlsSettings()
     reconnect_min: Duration = Field(1.0, gt=0, le=60)
     """First wait before reconnecting; doubled after each failure ..."""
-    reconnect_max: Duration = Field(15.0, gt=0, le=600)
-    """... up to this."""
+    reconnect_max: Duration = Field(2.0, gt=0, le=600)
+    """... up to this: the longest an alarm waits after the broker is back before the monitor
+    notices. A refused attempt costs the broker next to nothing, so a few seconds at most."""
     discovery: DiscoverySettings = DiscoverySettings()
     birth_timeout: Duration = Field(5.0, ge=0, le=600)
     """After each (re)connect, events wait until Home Assistant says `online` on
@@ -124,5 +125,6 @@ class MqttSettings(Section):
         if (self.password_file is not None or self.password_env is not None) and not self.username:
             raise ValueError("a password is configured but username is not: set mqtt.username")
         if self.reconnect_max < self.reconnect_min:
-            raise ValueError("reconnect_max must not be smaller than reconnect_min")
+            raise ValueError(f"reconnect_max ({self.reconnect_max:g}s) must not be smaller than reconnect_min "
+                             f"({self.reconnect_min:g}s): raise reconnect_max too")
         return self

@@ -7,6 +7,11 @@ the events stored before it, and never stored later. The condition is logged whe
 ends (and `on_change` tells the publisher, which re-publishes its status); every new event, and
 the publisher's worker every few seconds while the outbox is not open, tries the outbox again.
 
+Acknowledged rows that SQLite cannot delete (a full disk: in WAL mode a DELETE needs room too)
+no longer count as waiting and are not sent again; `retry` deletes them once there is room. Only
+if the monitor stops before that are they sent again at the next start (hubs drop duplicates by
+event id).
+
 Threads: `add` runs on the daemon's thread; `take`, `acknowledged` and `retry` on the
 publisher's worker; the counters are read anywhere.
 """
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 
 Route = Literal["outbox", "direct"]
 REOPEN_EVERY = 5.0  # seconds between attempts to open an outbox that could not be opened
+DELETE_EVERY = 1.0  # seconds between attempts to delete acknowledged rows a full disk kept
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class EventStore:
         self._direct_done = 0  # of those, acknowledged or given up (written by the worker)
         self._last_handed = 0  # the highest row handed out (worker)
         self._unreadable = False  # the worker could not read the outbox: store nothing new in it
+        self._undeletable = False  # acknowledged rows could not be deleted (logged once; worker)
+        self._last_delete_try = 0.0
         self.opened = threading.Event()  # set whenever the outbox (re)opens: it may hold events from before
         self._open()
 
@@ -168,12 +176,33 @@ class EventStore:
         self._direct_done += sum(1 for w in done if w.kind == "direct")
         box = self._outbox
         if seqs and box is not None:
-            box.remove(seqs)
+            self._delete(box, lambda: box.remove(seqs))
 
     def retry(self) -> None:
-        """Try again to open an outbox that could not be opened (every few seconds at most)."""
-        if self._outbox is None and time.monotonic() - self._last_open_try >= REOPEN_EVERY:
+        """Try again to open an outbox that could not be opened (every few seconds at most), and to
+        delete acknowledged rows that a full disk kept (every second)."""
+        now = time.monotonic()
+        if self._outbox is None and now - self._last_open_try >= REOPEN_EVERY:
             self._open()
+        box = self._outbox
+        if box is not None and box.undeleted and now - self._last_delete_try >= DELETE_EVERY:
+            self._delete(box, box.remove_acknowledged)
+
+    def _delete(self, box: Outbox, delete: Callable[[], None]) -> None:
+        """Delete acknowledged rows; say once when that starts failing and when it works again."""
+        self._last_delete_try = time.monotonic()
+        try:
+            delete()
+        except OutboxError as exc:
+            if not self._undeletable:
+                self._undeletable = True
+                log.error("%s; they are not sent again, and are deleted once state_dir has room", exc)
+            else:
+                log.debug("outbox still cannot delete %d acknowledged event(s): %s", box.undeleted, exc)
+            return
+        if self._undeletable:
+            self._undeletable = False
+            log.info("outbox %s: deleted the acknowledged events kept while it could not delete", box.path)
 
     def _unsent_rows(self, limit: int) -> list[Row]:
         box = self._outbox
@@ -212,8 +241,16 @@ class EventStore:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._outbox is not None:
-                self._outbox.close()
+            box = self._outbox
+            if box is None:
+                return
+            if box.undeleted:
+                try:
+                    box.remove_acknowledged()
+                except OutboxError as exc:
+                    log.warning("%s; the next start sends these %d acknowledged event(s) again (hubs drop duplicates "
+                                "by event id)", exc, box.undeleted)
+            box.close()
 
     def _failed(self, reason: str) -> None:
         """Events cannot be stored now: log it when that starts (not for every event), tell the publisher."""
