@@ -153,7 +153,7 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
         "folder": str(dataset.folder),
         "layout": dataset.layout,
         "rules_path": str(rules.path) if rules.path is not None else None,
-        "model": config.model.label,
+        "model": _model_name(config),
         "windows": {"length": config.windows.length, "hop": config.windows.hop},
         "tolerance_s": tol,
         "max_fa_per_hour": max_fa_per_hour,
@@ -167,6 +167,16 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
                        for rec, run in runs],
         "rules": report_rules,
     }
+
+
+def _model_name(config: Config) -> str:
+    """The model the answers came from: a served one by name and (redacted) address."""
+    model = config.model
+    if model.backend == "openai":
+        from monitor.audio.redact import redact_url
+
+        return f"{model.name} served at {redact_url(str(model.url))}"
+    return model.label
 
 
 def _why_no_best(points: Sequence[dict[str, Any]], target: float) -> str:
