@@ -14,7 +14,7 @@ from monitor.rules import parse_rules
 from monitor.tuning.eval import THRESHOLDS, at_threshold, evaluate, format_table
 from monitor.tuning.labels import load_dataset
 from monitor.tuning.metrics import Tally, best_threshold, spans_of
-from monitor.tuning.replay import replay_file
+from monitor.tuning.replay import SharedEngine, replay_file
 from monitor.yamlsource import ValidationFailed
 from tests.conftest import REPO
 from tests.daemon_support import write_config
@@ -251,7 +251,8 @@ def test_folder_layout_in_process(tiny_model_dir, tmp_path):
     # ON over every run of asked windows scoring >= t (release moves with it, hold is 0), so a
     # recording gives as many ONs as it has such runs. door.wav is found while one of its windows
     # reaches t; each run in the negatives is a false alarm (90 per hour each, in 40 s).
-    scores = {rec.path.name: _loud_scores(config, rec.path) for rec in dataset.recordings}
+    shared = SharedEngine()  # the model loaded once for the three replays
+    scores = {rec.path.name: _loud_scores(config, rec.path, shared) for rec in dataset.recordings}
     assert [s for s in scores["quiet.wav"] if s is not None] == []  # never asked: never found
     fits = []
     for t in THRESHOLDS:
@@ -270,11 +271,11 @@ def test_folder_layout_in_process(tiny_model_dir, tmp_path):
     assert "3 recording(s)" in table
 
 
-def _loud_scores(config, recording: Path) -> list[float | None]:
+def _loud_scores(config, recording: Path, engine: SharedEngine) -> list[float | None]:
     """The `loud` score of each window of a recording replayed alone (None: the gate did not ask)."""
     cfg = config.model_copy(update={"audio": config.audio.model_copy(update={"source": f"file:{recording}",
                                                                             "realtime": False})})
-    run = replay_file(cfg, parse_rules(GATED_RULES))
+    run = replay_file(cfg, parse_rules(GATED_RULES), engine_factory=engine)
     return [r.scores["loud"].score if "loud" in r.scores else None for r in run.results]
 
 
