@@ -31,7 +31,6 @@ from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import make_window, noise, tone
 from tests.conftest import REPO, free_port
 from tests.daemon_support import LOUD_RULES, DaemonProcess, events_of, write_config
-from tests.tuning_support import GATED_RULES, bursts_wav
 from tests.vllm_support import (
     SERVED_NAME,
     FakeServer,
@@ -415,6 +414,8 @@ def _vllm_requests(server: VllmServer) -> float:
 def test_eval_with_backend_openai_is_answered_by_the_served_model(vllm, tmp_path):
     """`eval` loads the model `model.backend` names, as the daemon does: the server answers every window,
     no local model is looked for (model.path names nothing) and torch is never imported."""
+    from tests.tuning_support import GATED_RULES, bursts_wav
+
     data = tmp_path / "data"
     bursts_wav(data / "loud" / "door.wav", 10, [(3, 6)], seed=1)  # ON at 4 s: detected
     bursts_wav(data / "negatives" / "evening.wav", 20, [(10, 12)], seed=2)  # ON at 11 s: a false alarm
