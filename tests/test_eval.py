@@ -242,7 +242,8 @@ def test_folder_layout_in_process(tiny_model_dir, tmp_path):
     ruleset = parse_rules(GATED_RULES)
     dataset = load_dataset(data, ruleset)
     assert dataset.layout == "folders" and [r.role for r in dataset.recordings] == ["positive", "positive", "negative"]
-    report = evaluate(config, ruleset, dataset, max_fa_per_hour=100.0)
+    shared = SharedEngine()  # the model loaded once, for the evaluation and the replays below
+    report = evaluate(config, ruleset, dataset, max_fa_per_hour=100.0, engine_factory=shared)
     c = report["rules"]["loud"]["current"]
     assert (c["intervals"], c["detected"], c["on_events"], c["true_on"], c["false_alarms"]) == (2, 1, 2, 1, 1)
     assert (c["recall"], c["precision"], c["mean_latency_s"]) == (0.5, 0.5, 4.0)
@@ -251,7 +252,6 @@ def test_folder_layout_in_process(tiny_model_dir, tmp_path):
     # ON over every run of asked windows scoring >= t (release moves with it, hold is 0), so a
     # recording gives as many ONs as it has such runs. door.wav is found while one of its windows
     # reaches t; each run in the negatives is a false alarm (90 per hour each, in 40 s).
-    shared = SharedEngine()  # the model loaded once for the three replays
     scores = {rec.path.name: _loud_scores(config, rec.path, shared) for rec in dataset.recordings}
     assert [s for s in scores["quiet.wav"] if s is not None] == []  # never asked: never found
     fits = []
