@@ -239,10 +239,37 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
         if room.audio.buffer_seconds < need:
             out.append(((*room.loc, "audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {room.audio.buffer_seconds:g}s"))
         if room.loc and config.sources is not None and config.sources[room.id].rules is not None:
-            problem = _rules_problem(room.rules)
+            problem = _rules_problem(room.rules) or _read_by_others(config, room)
             if problem:
                 out.append(((*room.loc, "rules"), problem))
     return out
+
+
+def _read_by_others(config: Config, room: Room) -> str | None:
+    """Why a room's own rule file must move: it lies in a folder other rooms read (the shared
+    `rules:`, usually), so they load its rules too, or their ids collide with theirs."""
+    from monitor.rules.loader import rule_files  # noqa: PLC0415
+
+    try:
+        if room.rules.is_dir():
+            return None
+        own = room.rules.resolve()
+        readers: dict[Path, list[str]] = {}
+        for other in config.rooms:
+            if other.id != room.id and other.rules.is_dir() and own in {f.resolve() for f in rule_files(other.rules)}:
+                readers.setdefault(other.rules, []).append(other.id)
+    except (OSError, ValueError):  # an unreadable folder is reported where it is named
+        return None
+    for folder, ids in readers.items():
+        shared = " (the top-level `rules:`)" if folder == config.rules else ""
+        who = f"{_and(ids)} also {'reads' if len(ids) == 1 else 'read'}"
+        return (f"{room.rules} is in the folder {folder}{shared} that {who}: {'it' if len(ids) == 1 else 'they'} "
+                f"would load this room's rules too; move the file out of that folder")
+    return None
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _sources_problems(config: Config) -> list[tuple[tuple[str, ...], str]]:

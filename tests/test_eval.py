@@ -14,6 +14,7 @@ from monitor.rules import parse_rules
 from monitor.tuning.eval import THRESHOLDS, at_threshold, evaluate, format_table
 from monitor.tuning.labels import load_dataset
 from monitor.tuning.metrics import Tally, best_threshold, spans_of
+from monitor.tuning.replay import SharedEngine, replay_file
 from monitor.yamlsource import ValidationFailed
 from tests.conftest import REPO
 from tests.daemon_support import write_config
@@ -241,15 +242,44 @@ def test_folder_layout_in_process(tiny_model_dir, tmp_path):
     ruleset = parse_rules(GATED_RULES)
     dataset = load_dataset(data, ruleset)
     assert dataset.layout == "folders" and [r.role for r in dataset.recordings] == ["positive", "positive", "negative"]
-    report = evaluate(config, ruleset, dataset, max_fa_per_hour=100.0)
+    shared = SharedEngine()  # the model loaded once, for the evaluation and the replays below
+    report = evaluate(config, ruleset, dataset, max_fa_per_hour=100.0, engine_factory=shared)
     c = report["rules"]["loud"]["current"]
     assert (c["intervals"], c["detected"], c["on_events"], c["true_on"], c["false_alarms"]) == (2, 1, 2, 1, 1)
     assert (c["recall"], c["precision"], c["mean_latency_s"]) == (0.5, 0.5, 4.0)
     assert c["fa_per_hour"] == pytest.approx(90.0)  # 1 in 40 s of negatives; positive files add no negative time
-    assert report["rules"]["loud"]["best"]["threshold"] >= 0.0
+    # the best threshold, from what the model said about each window: at a step t the gated rule is
+    # ON over every run of asked windows scoring >= t (release moves with it, hold is 0), so a
+    # recording gives as many ONs as it has such runs. door.wav is found while one of its windows
+    # reaches t; each run in the negatives is a false alarm (90 per hour each, in 40 s).
+    scores = {rec.path.name: _loud_scores(config, rec.path, shared) for rec in dataset.recordings}
+    assert [s for s in scores["quiet.wav"] if s is not None] == []  # never asked: never found
+    fits = []
+    for t in THRESHOLDS:
+        recall = 0.5 if _runs(scores["door.wav"], t) else 0.0
+        false_alarms = _runs(scores["evening.wav"], t)
+        if false_alarms * 90.0 <= 100.0:
+            fits.append((recall, -false_alarms, t))
+    expected = max(fits)
+    best = report["rules"]["loud"]["best"]
+    assert (best["recall"], -best["false_alarms"], best["threshold"]) == expected
     # `lifted` has no positives here: it is scored on the negatives only
     lifted = report["rules"]["lifted"]["current"]
     assert lifted["intervals"] == 0 and lifted["negative_hours"] == pytest.approx(40 / 3600, abs=1e-6)
     table = format_table(report)
     assert table.splitlines()[0].split()[:3] == ["rule", "kind", "thr"]
     assert "3 recording(s)" in table
+
+
+def _loud_scores(config, recording: Path, engine: SharedEngine) -> list[float | None]:
+    """The `loud` score of each window of a recording replayed alone (None: the gate did not ask)."""
+    cfg = config.model_copy(update={"audio": config.audio.model_copy(update={"source": f"file:{recording}",
+                                                                            "realtime": False})})
+    run = replay_file(cfg, parse_rules(GATED_RULES), engine_factory=engine)
+    return [r.scores["loud"].score if "loud" in r.scores else None for r in run.results]
+
+
+def _runs(scores: list[float | None], threshold: float) -> int:
+    """Maximal runs of windows asked and scoring at least `threshold`."""
+    hits = [s is not None and s >= threshold for s in scores]
+    return sum(1 for i, hit in enumerate(hits) if hit and (i == 0 or not hits[i - 1]))

@@ -319,8 +319,18 @@ def _span(t_end: float, seconds: float) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- real windows over real speech
 
 
-def test_scheduler_windows_over_real_speech_give_one_transcript_per_utterance(tmp_path: Path, make_speech) -> None:
-    """Overlapping windows (8 s every 2 s) over espeak-ng speech: each utterance is transcribed once."""
+LATE = datetime(2026, 3, 2, 23, 0, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize(("start", "matches"), [(T0, ["call_for_help"]), (LATE, ["call_for_help", "night_help"])],
+                         ids=["noon", "night"])
+def test_scheduler_windows_over_real_speech_give_one_transcript_per_utterance(
+        tmp_path: Path, make_speech, start: float, matches: list[str]) -> None:
+    """Overlapping windows (8 s every 2 s) over espeak-ng speech: each utterance is transcribed once.
+
+    The file is stamped with a pinned start (never the time the test runs): `night_help` is
+    scheduled 22:00-06:00 and must match only in the night run.
+    """
     import soundfile as sf
 
     parts = [make_speech("Help me, please, I have fallen."), make_speech("The weather is very nice today.")]
@@ -331,7 +341,7 @@ def test_scheduler_windows_over_real_speech_give_one_transcript_per_utterance(tm
     sf.write(path, audio, RATE)
 
     engine = engine_for(tmp_path, edit(SPEECH, "    max_new_tokens: 48\n", "    max_new_tokens: 48\n    gate: {speech: 0.5}\n"))
-    source = FileSource(path, RingBuffer(60 * RATE, RATE), realtime=False)
+    source = FileSource(path, RingBuffer(60 * RATE, RATE), realtime=False, start_time=start)
     source.start()
     scheduler = WindowScheduler(source, length=8.0, hop=2.0)
     tasks, events = [], []
@@ -348,4 +358,4 @@ def test_scheduler_windows_over_real_speech_give_one_transcript_per_utterance(tm
     assert all(b <= c for (_, b), (c, _) in itertools.pairwise(tasks)), "utterances overlap"
     text_events = [e for e in events if e.kind == "text"]
     assert len(text_events) == len(tasks)
-    assert [e.rule_id for e in events if e.kind == "match"] == ["call_for_help"]
+    assert [e.rule_id for e in events if e.kind == "match"] == matches

@@ -407,6 +407,45 @@ print(sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modu
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def _vllm_requests(server: VllmServer) -> float:
+    """Requests the server has finished, by vLLM's own counter."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total"))
+
+
+def test_eval_with_backend_openai_is_answered_by_the_served_model(vllm, tmp_path):
+    """`eval` loads the model `model.backend` names, as the daemon does: the server answers every window,
+    no local model is looked for (model.path names nothing) and torch is never imported."""
+    from tests.tuning_support import GATED_RULES, bursts_wav
+
+    data = tmp_path / "data"
+    bursts_wav(data / "loud" / "door.wav", 10, [(3, 6)], seed=1)  # ON at 4 s: detected
+    bursts_wav(data / "negatives" / "evening.wav", 20, [(10, 12)], seed=2)  # ON at 11 s: a false alarm
+    key_file = tmp_path / "api-key"
+    key_file.write_text(vllm.api_key + "\n")
+    key_file.chmod(0o600)
+    config = write_config(tmp_path, tmp_path / "no-local-model", 1, rules=GATED_RULES,
+                          extra={"model": {"backend": "openai", "url": vllm.url, "name": SERVED_NAME,
+                                           "api_key_file": str(key_file), "timeout": "60s"}, "log.level": "info"})
+    out = tmp_path / "out"
+    code = ("import sys; from monitor.cli import main\n"
+            f"code = main(['eval', {str(data)!r}, '-c', {str(config)!r}, '--out', {str(out)!r}, '-q'])\n"
+            "print('imported:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+            "sys.exit(code)\n")
+    before = _vllm_requests(vllm)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and vllm.api_key not in proc.stderr + proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "imported: []"
+    # 9 + 19 windows, each asking at least `lifted` (ungated): every answer came from the server
+    assert _vllm_requests(vllm) - before >= 28
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == f"{SERVED_NAME} served at {vllm.url}"
+    assert [r["windows"] for r in report["recordings"]] == [9, 19] and all(r["failed"] == 0 for r in report["recordings"])
+    loud = report["rules"]["loud"]["current"]
+    assert (loud["intervals"], loud["detected"], loud["on_events"], loud["false_alarms"]) == (1, 1, 2, 1)
+
+
 def _metric(port: str, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     found = re.search(rf'^audio_monitor_{name}{{source="test_node"}} (\S+)$', text, re.M)

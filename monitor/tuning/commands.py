@@ -6,6 +6,7 @@ Kept apart from `monitor.cli` so that `check` and `devices` never import the pip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -28,7 +29,8 @@ def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
                                    "write scores.jsonl, events.jsonl and timeline.png.")
     p.add_argument("file", type=Path, metavar="FILE", help=f"a recording: {AUDIO_FORMATS} (any rate, any channels)")
     config_args(p)
-    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
+    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the room's rules")
+    _room_arg(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: replay-<file stem> here)")
     p.add_argument("--start", type=_start_time, default=None, metavar="TIME",
                    help="wall-clock time of the file's first sample, ISO-8601 (e.g. 2026-11-30T22:15:00, local time "
@@ -36,6 +38,11 @@ def add_replay_parser(sub: Any, config_args: ConfigArgs) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--serve", action="store_true",
                    help="then open the live page on the replay (web.host and web.port of the config) until Ctrl-C")
+
+
+def _room_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--room", default=None, metavar="ID",
+                   help="with a `sources:` config: the room whose rules and audio settings apply (default: the first)")
 
 
 def _start_time(text: str) -> float:
@@ -64,7 +71,8 @@ def add_eval_parser(sub: Any, config_args: ConfigArgs) -> None:
                                    "the best threshold per rule.")
     p.add_argument("folder", type=Path, metavar="DIR", help="the labelled recordings")
     config_args(p)
-    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the config's `rules:`")
+    p.add_argument("--rules", type=Path, default=None, help="a rule file or folder instead of the room's rules")
+    _room_arg(p)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: eval-<DIR name> here)")
     p.add_argument("--max-fa-per-hour", type=_rate, default=1.0, metavar="X",
                    help="target false alarms per hour for the best threshold (default: 1)")
@@ -76,26 +84,39 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _setup(args: argparse.Namespace, extra: list[str]) -> Any:
+def _setup(args: argparse.Namespace) -> Any:
+    """The config narrowed to the room that applies (`--room`, default the first), or None after one line."""
     from monitor.cli import load_config_or_exit
     from monitor.logsetup import setup_logging
+    from monitor.tuning.rooms import RoomError, describe, one_room, pick_room
 
     if args.quiet:  # the model loader's own bars too; read when the hub client is first imported
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
-    overrides = list(args.overrides) + extra
+    overrides = list(args.overrides)
     if args.rules is not None:
         overrides.append(f"rules={_quoted(str(args.rules))}")
     config = load_config_or_exit(args.config, overrides)
     setup_logging(config.log.level)
-    return config
+    try:
+        room = pick_room(config, args.room, str(args.config or "the config"))
+    except RoomError as exc:
+        log.error("%s", exc)
+        return None
+    if args.rules is not None:  # --rules replaces the room's own rules too, not only the shared ones
+        room = dataclasses.replace(room, rules=config.rules)
+    line = describe(config, room, chosen=args.room is not None)
+    if line is not None:
+        log.info("%s %s", args.command, line)
+    return one_room(config, room)
 
 
 def _load_rules(config: Any) -> Any:
+    """The rules of the config's (only) room, or None after one line per problem."""
     from monitor.rules import load_rules
 
     try:
-        return load_rules(config.rules)
+        return load_rules(config.rooms[0].rules)
     except ValidationFailed as exc:
         for problem in exc.problems:
             log.error("%s", problem)
@@ -104,7 +125,13 @@ def _load_rules(config: Any) -> Any:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """`audio-monitor replay FILE`: exit 0 with the three outputs, or 1 with one line per problem."""
-    config = _setup(args, [f"audio.source={_quoted('file:' + str(args.file))}", "audio.realtime=false"])
+    from monitor.tuning.rooms import with_recording
+
+    config = _setup(args)
+    if config is None:
+        return 1
+    room = config.rooms[0]
+    config = with_recording(config, Path(os.path.abspath(args.file)))
     ruleset = _load_rules(config)
     if ruleset is None:
         return 1
@@ -130,7 +157,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     scorelog.close()
     try:
-        write_replay(run, out_dir, ruleset, config.node_id)
+        write_replay(run, out_dir, ruleset, room.id)  # the node its events name, as the daemon publishes them
     except OSError as exc:
         log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
         return 1
@@ -144,7 +171,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`audio-monitor eval DIR`: exit 0 with report.json, eval.png and a table, or 1 with one line per problem."""
-    config = _setup(args, [])
+    config = _setup(args)
+    if config is None:
+        return 1
     ruleset = _load_rules(config)
     if ruleset is None:
         return 1

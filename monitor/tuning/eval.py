@@ -28,6 +28,7 @@ from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.tuning.labels import SCORED_KINDS, Dataset, Recording
 from monitor.tuning.metrics import Tally, best_threshold
 from monitor.tuning.replay import ReplayRun, SharedEngine, replay_file, rule_spans
+from monitor.tuning.rooms import with_recording
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def evaluate(config: Config, ruleset: RuleSet, dataset: Dataset, *, max_fa_per_h
              engine_factory: Callable[..., Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Replay every recording, sweep thresholds, count; the report (as written to report.json).
 
-    Raises ReplayError (monitor.tuning.replay) when a recording or the model cannot be read.
+    Each recording is heard as the config's first room (`monitor.tuning.rooms.one_room` picks
+    another). Raises ReplayError (monitor.tuning.replay) when a recording or the model cannot be read.
     """
     rules = without_schedules(ruleset)
     shared = SharedEngine(engine_factory)
@@ -91,14 +93,13 @@ def evaluate(config: Config, ruleset: RuleSet, dataset: Dataset, *, max_fa_per_h
         for rec in dataset.recordings:
             if bar is not None:
                 bar.set_postfix_str(rec.path.name)
-            cfg = config.model_copy(update={"audio": config.audio.model_copy(
-                update={"source": f"file:{rec.path}", "realtime": False})})
-            runs.append((rec, replay_file(cfg, rules, engine_factory=shared)))
+            runs.append((rec, replay_file(with_recording(config, rec.path), rules, engine_factory=shared)))
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    shared.close()  # every pipeline has stopped: no engine thread holds the backend any more
     replay_s = time.perf_counter() - started
     return build_report(config, rules, dataset, runs, max_fa_per_hour, replay_s)
 
@@ -152,7 +153,7 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
         "folder": str(dataset.folder),
         "layout": dataset.layout,
         "rules_path": str(rules.path) if rules.path is not None else None,
-        "model": config.model.label,
+        "model": _model_name(config),
         "windows": {"length": config.windows.length, "hop": config.windows.hop},
         "tolerance_s": tol,
         "max_fa_per_hour": max_fa_per_hour,
@@ -166,6 +167,16 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
                        for rec, run in runs],
         "rules": report_rules,
     }
+
+
+def _model_name(config: Config) -> str:
+    """The model the answers came from: a served one by name and (redacted) address."""
+    model = config.model
+    if model.backend == "openai":
+        from monitor.audio.redact import redact_url
+
+        return f"{model.name} served at {redact_url(str(model.url))}"
+    return model.label
 
 
 def _why_no_best(points: Sequence[dict[str, Any]], target: float) -> str:

@@ -114,6 +114,8 @@ class SharedEngine:
     An evaluation replays many recordings, one pipeline after the other; loading a 7B model for
     each would cost minutes apiece. Only one pipeline runs at a time, and each stops (joining its
     engine thread) before the next starts, so the engine still has one owner at any moment.
+    The model is loaded as the daemon loads it: the backend `model.backend` names (a local
+    model, a served one, ...).
     """
 
     def __init__(self, factory: Callable[..., Any] | None = None):
@@ -125,23 +127,32 @@ class SharedEngine:
             if self._factory is not None:
                 self.engine = self._factory(settings)
             else:
-                from monitor.engine.engine import Engine
+                from monitor.engine.backends import load_backend
 
-                self.engine = Engine.load(settings)
+                self.engine = load_backend(settings)
         return self.engine
+
+    def close(self) -> None:
+        """Release what a backend loaded here holds (a served model's connections); after the last
+        pipeline stopped. An engine from the caller's factory stays the caller's."""
+        close = getattr(self.engine, "close", None) if self._factory is None else None
+        if close is not None:
+            close()
 
 
 def replay_file(config: Config, ruleset: RuleSet, *, engine_factory: Callable[..., Any] | None = None,
                 scorelog: ScoreLog | None = None, progress: bool = False, start_time: float | None = None) -> ReplayRun:
-    """Run `config.audio.source` (a file, read in fast mode) through the pipeline; raise ReplayError.
+    """Run the config's first room, whose source is a file read in fast mode, through the pipeline; raise ReplayError.
 
-    `config.audio` must name a file with `realtime: false`; the command line sets both.
-    `start_time` is the wall-clock time of the file's first sample (epoch seconds; default: the
-    file's modification time), so that schedules give the same events whenever the replay runs.
+    That room's audio must name a file with `realtime: false` (`monitor.tuning.rooms.with_recording`
+    makes such a config of any other). `start_time` is the wall-clock time of the file's first
+    sample (epoch seconds; default: the file's modification time), so that schedules give the
+    same events whenever the replay runs.
     """
-    path = config.audio.file_path
-    if path is None or config.audio.realtime:
-        raise ValueError("replay needs audio.source: file:PATH and audio.realtime: false")
+    audio = config.rooms[0].audio
+    path = audio.file_path
+    if path is None or audio.realtime:
+        raise ValueError("replay needs the room's audio.source: file:PATH and audio.realtime: false")
     if start_time is None:
         try:
             start_time = path.stat().st_mtime
