@@ -244,7 +244,7 @@ class Daemon:
         self.metrics.capture_ok.labels(room.id).set(1 if hearing.ok else 0)
         self.metrics.muted.labels(room.id).set(1 if room.pipeline.muted else 0)
         for counter in (self.metrics.windows, self.metrics.processed, self.metrics.failed, self.metrics.skipped,
-                        self.metrics.overflows):
+                        self.metrics.lost, self.metrics.lost_seconds, self.metrics.overflows):
             counter.labels(room.id)  # every room's series exists from the start, at 0
         channel.set_entities(entity_specs(room.pipeline.rules.ruleset))
         for rule_id, on in room.pipeline.rules.on_states().items():
@@ -605,6 +605,8 @@ class Daemon:
         m.sync_total(m.processed, room.id, p.stats.processed)
         m.sync_total(m.failed, room.id, p.stats.failed)
         m.sync_total(m.skipped, room.id, p.skipped)
+        m.sync_total(m.lost, room.id, p.lost_windows)
+        m.sync_total(m.lost_seconds, room.id, p.source.stats.lost_seconds)
         m.sync_total(m.overflows, room.id, p.source.stats.overflows)
 
     def _report_status(self) -> None:

@@ -280,8 +280,13 @@ class Pipeline:
 
     @property
     def skipped(self) -> int:
-        """Windows never answered: skipped by the scheduler or dropped from the engine inbox."""
+        """Windows never answered because the engine fell behind: skipped by the scheduler or dropped from its inbox."""
         return self.scheduler.skipped + self.worker.stats.skipped_by_source.get(self.id, 0)
+
+    @property
+    def lost_windows(self) -> int:
+        """Windows passed over because their audio was never captured (outages: not `skipped`)."""
+        return self.scheduler.lost
 
 
 def yes_no_prompts(ruleset: RuleSet) -> list[str]:

@@ -347,11 +347,12 @@ class MicSource:
 
 
 def fill_gap(ring: RingBuffer, stats: CaptureStats, seconds: float) -> None:
-    """Write `seconds` of silence for audio a capture lost (at most a ring's worth), so indices keep tracking time."""
-    n = int(min(seconds, ring.capacity / ring.sample_rate) * ring.sample_rate)
+    """Account for `seconds` of audio a capture lost: the ring's index moves on by all of it (at most
+    a ring's worth is stored, as silence), so sample indices — rule time — keep tracking time."""
+    n = int(round(seconds * ring.sample_rate))
     if n > 0:
         stats.lost_seconds += n / ring.sample_rate
-        ring.write_silence(n)
+        ring.write_gap(n)
 
 
 def _close_quietly(stream: Any, timeout: float = 2.0) -> None:
