@@ -327,8 +327,10 @@ def test_a_microphone_plugged_in_later_is_found_while_the_others_capture(room_mi
     assert any("porch's device 'room_c' appeared" in r.getMessage() for r in caplog.records)
 
 
-def test_an_error_in_capture_is_capture_lost_and_retried(vmic, monkeypatch, caplog):
-    """Whatever raises in the capture thread: the state says why, and capture comes back."""
+@pytest.mark.parametrize("close_fails", [False, True])
+def test_an_error_in_capture_is_capture_lost_and_retried(vmic, monkeypatch, caplog, close_fails):
+    """Whatever raises in the capture thread (the pump; the loop around it): the state says why, and
+    capture comes back."""
     import monitor.audio.sources as sources
 
     calls = [0]
@@ -341,6 +343,16 @@ def test_an_error_in_capture_is_capture_lost_and_retried(vmic, monkeypatch, capl
             return super().__call__(samples)
 
     monkeypatch.setattr(sources, "Converter", Flaky)
+    if close_fails:
+        close = sources.PORTAUDIO.close
+
+        def failing_close(stream, timeout=2.0):
+            close(stream, timeout)
+            if calls[0] == 5:
+                raise RuntimeError("closing failed")
+            return True
+
+        monkeypatch.setattr(sources.PORTAUDIO, "close", failing_close)
     src = MicSource(RingBuffer(10 * RATE, RATE), device="pulse", sample_rate=16000, max_backoff=1.0)
     seen: list[tuple[str, str]] = []
     with caplog.at_level(logging.ERROR, logger="monitor.audio.sources"):
@@ -351,6 +363,7 @@ def test_an_error_in_capture_is_capture_lost_and_retried(vmic, monkeypatch, capl
             assert _grows(src, 1.0) > 0.5 and src.stats.state == "running"
         finally:
             src.stop()
-    assert ("retrying", "capture failed: RuntimeError: the resampler failed") in seen
-    assert any("capture stopped (capture failed: RuntimeError: the resampler failed)" in r.getMessage()
-               for r in caplog.records)
+    why = "closing failed" if close_fails else "the resampler failed"
+    assert ("retrying", f"capture failed: RuntimeError: {why}") in seen
+    errors = [r for r in caplog.records if f"capture failed: RuntimeError: {why}" in r.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # a bug: said once, with its traceback

@@ -98,7 +98,7 @@ print(json.dumps({"devices": devices, "default": default}))
 """
 
 
-def devices_elsewhere(timeout: float = 20.0) -> tuple[list[dict[str, Any]], str | None] | None:
+def devices_elsewhere(timeout: float = 10.0) -> tuple[list[dict[str, Any]], str | None] | None:
     """The input devices a fresh PortAudio sees now, read in a child process; None if it could not tell."""
     try:
         done = subprocess.run([sys.executable, "-c", _LIST_INPUTS], capture_output=True, text=True, timeout=timeout,
@@ -119,7 +119,7 @@ class PortAudio:
         self._cond = threading.Condition()
         self._open: dict[int, str] = {}  # id(stream) -> its owner, for each input stream open
         self._restarting = False
-        self.restarts = 0
+        self._refused = ""  # the streams that kept the last restart from happening (said once)
 
     @staticmethod
     def module() -> Any:
@@ -147,11 +147,11 @@ class PortAudio:
             self._open[id(stream)] = owner
 
     def close(self, stream: Any, timeout: float = 2.0) -> bool:
-        """Abort and close a stream without waiting on it for long; True when it closed.
+        """Abort and close a stream without waiting on it for long; True when it closed in time.
 
         When the sound server dies under a stream, PortAudio can block in abort/close; the caller
-        must go on, so the closing happens in a throwaway thread. A stream that did not close
-        stays counted as open: terminating PortAudio under it is not safe.
+        must go on, so the closing happens in a throwaway thread. Until it has closed, the stream
+        counts as open: terminating PortAudio under it is not safe.
         """
         def close() -> None:
             try:
@@ -159,6 +159,9 @@ class PortAudio:
                 stream.close()
             except Exception:  # noqa: BLE001 - a dead stream may refuse either; it is dropped anyway
                 pass
+            with self._cond:
+                self._open.pop(id(stream), None)
+                self._cond.notify_all()
 
         closer = threading.Thread(target=close, name="capture-close", daemon=True)
         closer.start()
@@ -166,9 +169,6 @@ class PortAudio:
         if closer.is_alive():
             log.warning("audio: the old input stream did not close within %.0fs; left behind", timeout)
             return False
-        with self._cond:
-            self._open.pop(id(stream), None)
-            self._cond.notify_all()
         return True
 
     def wait_restarted(self, timeout: float) -> None:
@@ -205,9 +205,13 @@ class PortAudio:
             self._restarting = True
             try:
                 if not self._cond.wait_for(lambda: not self._open, timeout=self.RESTART_WAIT):
-                    log.warning("audio: cannot re-read the device list now: input streams of %s did not close",
-                                ", ".join(sorted(set(self._open.values()))))
+                    held = ", ".join(sorted(set(self._open.values())))
+                    if held != self._refused:  # once, not at every retry of the device that waits
+                        log.warning("audio: cannot re-read the device list now: input streams of %s did not close; "
+                                    "tried again at the next retry", held)
+                    self._refused = held
                     return False
+                self._refused = ""
                 self._reinitialise(sd)
                 return True
             finally:
@@ -222,7 +226,6 @@ class PortAudio:
             sd._initialize()
         except Exception as exc:  # noqa: BLE001 - PortAudioError: the next query or open says what is wrong
             log.debug("audio: re-initialising PortAudio failed (%s)", exc)
-        self.restarts += 1
         log.debug("audio: device list re-read in %.2fs", time.monotonic() - started)
 
     @staticmethod

@@ -206,6 +206,7 @@ class MicSource:
         self._raw: RingBuffer | None = None
         self._scratch = np.zeros(0, dtype=np.float32)
         self._last_callback = 0.0
+        self._outage_since: float | None = None  # monotonic start of the current outage (capture thread only)
 
     @property
     def finished(self) -> bool:
@@ -270,15 +271,23 @@ class MicSource:
             self.stats.state, self.stats.last_error = "failed", str(exc)
             log.error("audio: cannot load PortAudio (%s); install libportaudio2", exc)
             return
-        try:
-            self._capture()
-        except BaseException as exc:  # a bug in the loop itself: say so, never end silently
-            self.stats.state, self.stats.last_error = "failed", _describe(exc)
-            log.critical("audio: %s: the capture thread ended (%s)", self.name, _describe(exc), exc_info=exc)
+        backoff = 0.5
+        while not self._stop.is_set():  # the supervisor: a bug in the loop below is said, and retried
+            try:
+                self._capture()
+                return
+            except Exception as exc:  # noqa: BLE001 - never end silently: the room must show it cannot hear
+                message = f"capture failed: {_describe(exc)}"
+                if message != self.stats.last_error:
+                    log.error("audio: %s: %s; starting the capture again", self.name, message, exc_info=exc)
+                self.stats.state, self.stats.last_error = "retrying", message
+                self._outage_since = self._outage_since or time.monotonic()
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff)
 
     def _capture(self) -> None:
         backoff = 0.5
-        outage_since: float | None = None
         while not self._stop.is_set():
             try:
                 stream, rate = self._open()
@@ -289,7 +298,7 @@ class MicSource:
                     log.error("audio: %s: cannot open input device (%s); retrying every %gs at most", self.name, text,
                               self.max_backoff)
                 self.stats.state, self.stats.last_error = "retrying", message
-                outage_since = outage_since or time.monotonic()
+                self._outage_since = self._outage_since or time.monotonic()
                 if self._stop.wait(backoff):
                     break
                 backoff = min(backoff * 2, self.max_backoff)
@@ -298,34 +307,41 @@ class MicSource:
                 except Exception as exc:  # noqa: BLE001 - the next open says what is wrong
                     log.debug("audio: re-reading the device list failed (%s)", exc)
                 continue
-            if outage_since is not None:
-                self._fill_gap(time.monotonic() - outage_since)
-                self.stats.restarts += 1
-                if self.stats.state != "running":
-                    log.info("audio: %s: capture resumed after %.1fs", self.name, time.monotonic() - outage_since)
-                outage_since = None
-            self.stats.state, self.stats.last_error = "running", ""
             delivered = self.stats.callbacks
+            unexpected: Exception | None = None
             try:
+                self._resume()
                 reason = self._pump(stream, rate)
             except Exception as exc:  # noqa: BLE001 - whatever it was, the room must not go deaf silently
                 reason = f"capture failed: {_describe(exc)}"
-                log.debug("audio: %s", reason, exc_info=exc)
-            PORTAUDIO.close(stream)
+                unexpected = None if type(exc).__name__ == "PortAudioError" else exc  # a bug: its traceback, once
+            finally:
+                PORTAUDIO.close(stream)
             if self._stop.is_set():
                 break
-            outage_since = time.monotonic()
+            self._outage_since = time.monotonic()
             if reason == self._RESTART:
                 PORTAUDIO.wait_restarted(PORTAUDIO.RESTART_WAIT * 2)
                 continue  # reopened at once; the pause is lost audio, the room still hears
             if self.stats.state != "retrying" or reason != self.stats.last_error:
-                log.error("audio: %s: capture stopped (%s); reopening", self.name, reason)
+                log.error("audio: %s: capture stopped (%s); reopening", self.name, reason, exc_info=unexpected)
             self.stats.state, self.stats.last_error = "retrying", reason
             if self.stats.callbacks > delivered:
                 backoff = 0.5  # audio flowed: a new outage, retried quickly
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, self.max_backoff)
+
+    def _resume(self) -> None:
+        """A stream is open: close the outage before it (lost audio, counted), and run."""
+        if self._outage_since is not None:
+            lost = time.monotonic() - self._outage_since
+            self._fill_gap(lost)
+            self.stats.restarts += 1
+            if self.stats.state != "running":
+                log.info("audio: %s: capture resumed after %.1fs", self.name, lost)
+            self._outage_since = None
+        self.stats.state, self.stats.last_error = "running", ""
 
     def _pump(self, stream: Any, rate: int) -> str:
         """Move audio from the device-rate ring into the model-rate ring until the stream dies; why it stopped."""
