@@ -86,8 +86,9 @@ class Pipeline:
         self.id = self.room.id
         self.audio = self.room.audio
         self.ring = source.ring if source is not None else RingBuffer(int(self.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
-        self.source = source if source is not None else make_source(self.audio, self.ring, start_time=start_time,
-                                                                            name=self.id)
+        if source is None:
+            source = make_source(self.audio, self.ring, start_time=start_time, name=self.id)
+        self.source = source
         self.live = self.source.live
         self.scheduler = WindowScheduler(self.source, config.windows.length, config.windows.hop, config.vad.aggressiveness)
         self.rules = RuleEngine(ruleset)

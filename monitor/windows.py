@@ -208,7 +208,7 @@ class WindowScheduler:
         spans = sorted((a, b + self.length) for a, b in self.ring.gaps)
         merged: list[list[int]] = []
         for a, b in spans:
-            if merged and a <= merged[-1][1]:
+            if merged and a < merged[-1][1]:  # open intervals: touching ones stay apart
                 merged[-1][1] = max(merged[-1][1], b)
             else:
                 merged.append([a, b])
