@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monitor.audio.portaudio import PORTAUDIO, DeviceNotFound
 from monitor.audio.sources import AudioSource, SourceError, resolve_device
 from monitor.config import Config
 from monitor.engine.api import Result
@@ -168,28 +169,47 @@ class Daemon:
             except OSError:
                 pass
 
-    def _check_devices(self) -> None:
-        """A misnamed input device is a config error at startup (later a missing one is only retried)."""
+    def _check_devices(self) -> dict[str, str]:
+        """Every named input device must exist at start: {room id: hearing detail} of those that do not.
+
+        One microphone is a config error (one line). In a whole home one unplugged microphone is
+        that room's problem: it starts deaf (`capture_lost`) and its device is looked for with
+        backoff while the other rooms listen; only a home where no room could hear does not start.
+        """
+        missing: dict[str, tuple[str, str]] = {}
         for i, room in enumerate(self.config.rooms):
             audio = room.audio
             if (i == 0 and self._source is not None) or audio.source != "mic" or audio.device is None:
                 continue
             try:
-                import sounddevice as sd
-
-                resolve_device(audio.device, sd)
+                with PORTAUDIO.session() as sd:
+                    resolve_device(audio.device, sd)
             except OSError as exc:
                 raise StartupError(f"audio: cannot load PortAudio ({exc}); install libportaudio2") from None
             except SourceError as exc:
                 where = ".".join(room.loc)
-                raise StartupError(f"{where}.{exc}" if where else str(exc)) from None
+                text = f"{where}.{exc}" if where else str(exc)
+                if not self.config.multi_room:
+                    raise StartupError(text) from None
+                detail = exc.short if isinstance(exc, DeviceNotFound) else str(exc)
+                missing[room.id] = (text, detail)
+        if missing and len(missing) == len(self.config.rooms):
+            texts = [text for text, _ in missing.values()]
+            for text in texts[1:]:
+                log.error("%s", text)
+            more = f" (and {len(texts) - 1} more above)" if len(texts) > 1 else ""
+            raise StartupError(f"{texts[0]}{more}: no room can hear; plug the microphones in or fix the names")
+        for text, _ in missing.values():
+            log.error("%s; starting without it: the room cannot hear (capture_lost) until the device appears "
+                      "(looked for with backoff)", text)
+        return {room_id: detail for room_id, (_, detail) in missing.items()}
 
     def _prepare(self) -> None:
         cfg = self.config
         rulesets = self._load_rulesets()
         self.reloaders = {path: RuleReloader(path) for path in rulesets}
         self._check_state_dir()
-        self._check_devices()
+        missing = self._check_devices()
         prompts = sorted({p for rs in rulesets.values() for p in yes_no_prompts(rs)})
         self.worker = EngineWorker(cfg.model, on_result=self._route, inbox_size=2, engine_factory=self._engine_factory,
                                    calibrate=prompts, calibrate_seconds=cfg.windows.length)
@@ -212,6 +232,9 @@ class Daemon:
                 where = ".".join(room.loc)
                 raise StartupError(f"{where}.{exc}" if where else str(exc)) from None
             active.set_muted(own=self._load_mute(active.mute_file), everywhere=everywhere)
+            if room.id in missing:  # deaf from the start, said above: announced so, and not waited for
+                active.pipeline.source.missing(missing[room.id])
+                active.pipeline.check_hearing()
             self.rooms[room.id] = active
 
     def _start_publisher(self) -> None:
@@ -252,7 +275,7 @@ class Daemon:
         self._announce_model()
         self.metrics.muted.labels(room.id).set(1 if room.pipeline.muted else 0)
         for counter in (self.metrics.windows, self.metrics.processed, self.metrics.failed, self.metrics.skipped,
-                        self.metrics.overflows):
+                        self.metrics.lost, self.metrics.lost_seconds, self.metrics.overflows):
             counter.labels(room.id)  # every room's series exists from the start, at 0
         channel.set_entities(entity_specs(room.pipeline.rules.ruleset))
         for rule_id, on in room.pipeline.rules.on_states().items():
@@ -317,11 +340,16 @@ class Daemon:
         return self._loop()
 
     def _wait_first_audio(self) -> bool:
-        """Until the room hears its first sample (a whole home: every room, or a grace period)."""
+        """Until the room hears its first sample (a whole home: every room that can, or a grace period).
+
+        A whole home does not wait for a room whose capture is known lost (its device missing):
+        that room is announced as deaf and joins when its device appears.
+        """
         started = time.monotonic()
         warned = False
         while True:
-            waiting = [r for r in self.rooms.values() if not r.pipeline.source.stats.first_audio.is_set()]
+            waiting = [r for r in self.rooms.values() if not r.pipeline.source.stats.first_audio.is_set()
+                       and not (self.config.multi_room and r.pipeline.source.stats.state in ("retrying", "failed"))]
             if not waiting:
                 return True
             if self._stop.is_set():
@@ -646,6 +674,8 @@ class Daemon:
         m.sync_total(m.processed, room.id, p.stats.processed)
         m.sync_total(m.failed, room.id, p.stats.failed)
         m.sync_total(m.skipped, room.id, p.skipped)
+        m.sync_total(m.lost, room.id, p.lost_windows)
+        m.sync_total(m.lost_seconds, room.id, p.source.stats.lost_seconds)
         m.sync_total(m.overflows, room.id, p.source.stats.overflows)
 
     def _report_status(self) -> None:

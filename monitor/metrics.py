@@ -18,7 +18,12 @@ class Metrics:
         room = ["source"]  # the room (source id) a series is about
         self.windows = Counter("audio_monitor_windows", "Windows cut from the audio", room, registry=r)
         self.processed = Counter("audio_monitor_windows_processed", "Windows answered by the model and passed through the rules", room, registry=r)
-        self.skipped = Counter("audio_monitor_windows_skipped", "Windows never answered because the engine fell behind real time", room, registry=r)
+        self.skipped = Counter("audio_monitor_windows_skipped", "Windows never answered because the engine fell behind real "
+                               "time (not those over audio never captured: see audio_monitor_windows_lost)", room, registry=r)
+        self.lost = Counter("audio_monitor_windows_lost", "Windows passed over because their audio was never captured "
+                            "(a device or stream outage)", room, registry=r)
+        self.lost_seconds = Counter("audio_monitor_capture_lost_seconds", "Seconds of audio never captured (device or "
+                                    "stream outages, capture overruns)", room, registry=r)
         self.failed = Counter("audio_monitor_windows_failed", "Windows whose model call failed (out of memory, ...)", room, registry=r)
         self.engine_ms = Histogram("audio_monitor_engine_milliseconds", "Model time per batch of windows (of any rooms)",
                                    buckets=(5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000), registry=r)

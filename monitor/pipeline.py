@@ -92,7 +92,9 @@ class Pipeline:
         self.id = self.room.id
         self.audio = self.room.audio
         self.ring = source.ring if source is not None else RingBuffer(int(self.audio.buffer_seconds * MODEL_RATE), MODEL_RATE)
-        self.source = source if source is not None else make_source(self.audio, self.ring, start_time=start_time)
+        if source is None:
+            source = make_source(self.audio, self.ring, start_time=start_time, name=self.id)
+        self.source = source
         self.live = self.source.live
         self.scheduler = WindowScheduler(self.source, config.windows.length, config.windows.hop, config.vad.aggressiveness)
         self.rules = RuleEngine(ruleset)
@@ -308,8 +310,13 @@ class Pipeline:
 
     @property
     def skipped(self) -> int:
-        """Windows never answered: skipped by the scheduler or dropped from the engine inbox."""
+        """Windows never answered because the engine fell behind: skipped by the scheduler or dropped from its inbox."""
         return self.scheduler.skipped + self.worker.stats.skipped_by_source.get(self.id, 0)
+
+    @property
+    def lost_windows(self) -> int:
+        """Windows passed over because their audio was never captured (outages: not `skipped`)."""
+        return self.scheduler.lost
 
 
 def yes_no_prompts(ruleset: RuleSet) -> list[str]:

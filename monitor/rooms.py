@@ -174,6 +174,8 @@ class ActiveRoom:
             "windows": p.stats.windows,
             "processed": p.stats.processed,
             "skipped": p.skipped,
+            "lost_windows": p.lost_windows,
+            "lost_s": round(p.source.stats.lost_seconds, 1),
             "failed": p.stats.failed,
             "undecided": p.stats.undecided,
             "capture": p.source.stats.state,

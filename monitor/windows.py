@@ -127,6 +127,8 @@ class WindowScheduler:
 
     A live source is never waited on: if the consumer of `windows()` was away for more than a
     hop, the windows it missed are skipped (counted in `skipped`) and the newest one is cut.
+    Windows passed over because their audio was never captured (a device or stream outage, see
+    `RingBuffer.write_gap`) are counted in `lost` instead: nothing fell behind there.
     A file in fast mode is read exactly as far as the next window needs, so nothing is skipped
     and the result is deterministic.
     """
@@ -148,7 +150,8 @@ class WindowScheduler:
             max_frames=self.length // VAD_FRAME,
         )
         self._pending: list[Utterance] = []
-        self.skipped = 0
+        self.skipped = 0  # windows passed over because the consumer fell behind real time
+        self.lost = 0  # windows passed over that lie on audio never captured
         self.emitted = 0
 
     # -- per-frame speech, each frame classified once
@@ -158,9 +161,12 @@ class WindowScheduler:
         if last <= frame:
             return
         oldest_frame = -(-self.ring.oldest // VAD_FRAME)
-        if frame < oldest_frame:  # never classified before it was overwritten (consumer stalled)
+        if frame < oldest_frame:  # never classified before it was overwritten (consumer stalled, outage)
             self._speech.skip_to(oldest_frame)
-            self._utterances.feed(frame, np.zeros(oldest_frame - frame, dtype=bool))
+            # non-speech closes an open utterance within the hangover; more frames change nothing
+            # (and an outage can be hours of frames)
+            closing = min(oldest_frame - frame, self._utterances.hangover + 2)
+            self._utterances.feed(frame, np.zeros(closing, dtype=bool))
             frame = oldest_frame
         if last <= frame:
             return
@@ -196,6 +202,23 @@ class WindowScheduler:
         self.emitted += 1
         return window
 
+    def _over_gaps(self, first_end: int, count: int) -> int:
+        """How many of the `count` windows ending at first_end, first_end + hop, ... hold lost audio."""
+        # a window [end - length, end) meets a gap [a, b) when a < end < b + length
+        spans = sorted((a, b + self.length) for a, b in self.ring.gaps)
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a < merged[-1][1]:  # open intervals: touching ones stay apart
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        lost = 0
+        for a, b in merged:  # k with a < first_end + k*hop < b, 0 <= k < count
+            lo = max(0, (a - first_end) // self.hop + 1)
+            hi = min(count - 1, -(-(b - first_end) // self.hop) - 1)
+            lost += max(0, hi - lo + 1)
+        return lost
+
     def windows(self, stop: threading.Event | None = None) -> Iterator[Window]:
         """Yield windows until `stop` is set or a finite source ends.
 
@@ -223,7 +246,9 @@ class WindowScheduler:
             written = self.ring.written
             if self.source.live and written - next_end >= self.hop:
                 behind = (written - next_end) // self.hop
-                self.skipped += behind
+                lost = self._over_gaps(next_end, behind)
+                self.lost += lost
+                self.skipped += behind - lost
                 next_end += behind * self.hop
             if not self.source.live:  # peek one sample ahead: is this the file's last window?
                 self.source.wait_for(next_end + 1, timeout=0)

@@ -229,14 +229,23 @@ set-default-sink vmic_in
 """
 
 
+def room_mic_pa(room: str) -> list[str]:
+    """The two modules of one room's virtual microphone (a null source, and the virtual source over it)."""
+    return [f"module-null-source source_name=silence_{room} rate=16000 channels=1 max_latency_msec=20",
+            f"module-virtual-source source_name=vmic_{room} master=silence_{room} uplink_sink=vmic_{room}_in "
+            "rate=16000 channels=1"]
+
+
 def rooms_pa(rooms: list[str]) -> str:
     """A PulseAudio script with one virtual microphone per room: source `vmic_{room}`, fed by sink `vmic_{room}_in`."""
     lines = ["load-module module-native-protocol-unix auth-anonymous=1"]
     for room in rooms:
-        lines += [f"load-module module-null-source source_name=silence_{room} rate=16000 channels=1 max_latency_msec=20",
-                  f"load-module module-virtual-source source_name=vmic_{room} master=silence_{room} "
-                  f"uplink_sink=vmic_{room}_in rate=16000 channels=1"]
+        lines += [f"load-module {module}" for module in room_mic_pa(room)]
     return "\n".join(lines) + "\n"
+
+
+def _asound_pcm(room: str) -> str:
+    return f'pcm.{room} {{ type pulse; device vmic_{room}; hint {{ show on; description "{room}" }} }}\n'
 
 
 class VirtualMic:
@@ -244,7 +253,9 @@ class VirtualMic:
 
     With `rooms`, one virtual microphone per room instead, each an ALSA device of its own named
     after the room (through `$HOME/.asoundrc`: run the recording process with `env`), played
-    into with `play(wav, room=...)`.
+    into with `play(wav, room=...)`. Each can be unplugged (`unplug`) and plugged in again or for
+    the first time (`plug`); as with a USB microphone, streams recording from an unplugged one end
+    (PulseAudio is told not to move them to another room's microphone).
     """
 
     def __init__(self, workdir: Path, rooms: list[str] | None = None):
@@ -260,8 +271,9 @@ class VirtualMic:
         if rooms:
             home = workdir / "home"
             home.mkdir(exist_ok=True)
-            (home / ".asoundrc").write_text("".join(
-                f'pcm.{r} {{ type pulse; device vmic_{r}; hint {{ show on; description "{r}" }} }}\n' for r in rooms))
+            (home / ".asoundrc").write_text("".join(_asound_pcm(r) for r in rooms))
+            (home / ".config" / "pulse").mkdir(parents=True, exist_ok=True)
+            (home / ".config" / "pulse" / "daemon.conf").write_text("rescue-streams = no\n")
             self.env["HOME"] = str(home)
         self.log = workdir / "pulse.log"
         self.proc = subprocess.Popen(
@@ -293,6 +305,32 @@ class VirtualMic:
         if wait:
             assert proc.wait(120) == 0, f"paplay {wav} failed"
         return proc
+
+    def pactl(self, *args: str) -> str:
+        done = subprocess.run(["pactl", *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"pactl {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def unplug(self, room: str) -> None:
+        """Remove a room's microphone (its virtual source): the streams recording from it end."""
+        for line in self.pactl("list", "short", "modules").splitlines():
+            if f"source_name=vmic_{room} " in line:
+                self.pactl("unload-module", line.split()[0])
+                return
+        raise AssertionError(f"no microphone of {room} is plugged in")
+
+    def plug(self, room: str) -> None:
+        """Add a room's microphone again, or a new one (then also a new ALSA device named after it)."""
+        modules = self.pactl("list", "short", "modules")
+        for module in room_mic_pa(room):
+            if module.split()[1] not in modules:
+                self.pactl("load-module", *module.split())
+        asoundrc = Path(self.env["HOME"]) / ".asoundrc"
+        if f"pcm.{room} " not in asoundrc.read_text():
+            with asoundrc.open("a") as f:
+                f.write(_asound_pcm(room))
+        if room not in self.rooms:
+            self.rooms.append(room)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -47,6 +47,32 @@ def test_time_of_follows_the_anchor():
     assert ring.time_of(8000) == pytest.approx(999.5)
 
 
+def test_a_gap_of_any_length_moves_the_index_on_by_all_of_it():
+    """An outage far longer than the ring: the index follows time, only a ring's worth is stored."""
+    ring = RingBuffer(100, 10)
+    ring.write(np.ones(50, dtype=np.float32), wall_time=1000.0)
+    started = time.monotonic()
+    ring.write_gap(10**12)  # about three thousand years at 10 Hz: constant time and memory
+    assert time.monotonic() - started < 1.0
+    end = 50 + 10**12
+    assert ring.written == end and ring.oldest == end - 100
+    np.testing.assert_array_equal(ring.read(end - 100, end), np.zeros(100, dtype=np.float32))
+    with pytest.raises(Overwritten):
+        ring.read(end - 101, end)
+    assert ring.gaps == ((50, end),)
+    assert ring.silent_samples == 10**12  # never captured: silence, not sound
+    assert ring.time_of(end) == pytest.approx(1000.0 + 10**11)  # the clock went on through the gap
+    ring.write_gap(30)  # the same outage, filled in a second step: still one gap
+    ring.write(np.arange(1, 21, dtype=np.float32))
+    assert ring.gaps == ((50, end + 30),)
+    np.testing.assert_array_equal(ring.read(end + 20, end + 50), np.r_[np.zeros(10), np.arange(1, 21)].astype(np.float32))
+    # a short gap inside the ring zeroes exactly its own samples
+    ring.write_gap(5)
+    ring.write(np.full(3, 7.0, dtype=np.float32))
+    np.testing.assert_array_equal(ring.read(end + 45, end + 58), np.r_[np.arange(16, 21), np.zeros(5), [7, 7, 7]].astype(np.float32))
+    assert ring.gaps[-1] == (end + 50, end + 55)
+
+
 def test_wait_for_wakes_on_write_and_on_close():
     ring = RingBuffer(1000, 16000)
     got: list[tuple[bool, float]] = []

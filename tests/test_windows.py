@@ -140,6 +140,30 @@ def test_live_scheduler_skips_stale_windows_instead_of_waiting():
     stop.set()
 
 
+def test_an_outage_is_lost_audio_not_skipped_windows():
+    """A camera down 61.8 s: the gap is lost audio, its windows `lost`; only falling behind is `skipped`."""
+    from monitor.audio.sources import fill_gap
+
+    src = _LiveRing()
+    sched = WindowScheduler(src, 8.0, 2.0)
+    stop = threading.Event()
+    gen = sched.windows(stop)
+    src.ring.write(np.full(8 * RATE, 0.1, dtype=np.float32))
+    assert next(gen).end == 8 * RATE
+    fill_gap(src.ring, src.stats, 61.8)  # what a source writes when the stream comes back
+    src.ring.write(np.full(int(8.2 * RATE), 0.1, dtype=np.float32))
+    window = next(gen)
+    assert window.end == 78 * RATE  # the first window after the gap, on the hop grid
+    assert src.stats.lost_seconds == pytest.approx(61.8)
+    # windows ending in (8 s, 69.8 + 8 s) meet the gap: 10 s .. 76 s, 34 of them; none was skipped
+    assert (sched.lost, sched.skipped) == (34, 0)
+    # the consumer away for 10 s with audio flowing: that is falling behind
+    src.ring.write(np.full(10 * RATE, 0.1, dtype=np.float32))
+    assert next(gen).end == 88 * RATE
+    assert (sched.lost, sched.skipped) == (34, 4)
+    stop.set()
+
+
 def test_realtime_file_is_paced(tmp_path):
     path = tmp_path / "tone.wav"
     sf.write(path, np.full(int(1.5 * RATE), 0.1, dtype=np.float32), RATE)

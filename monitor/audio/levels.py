@@ -41,8 +41,11 @@ class SpeechFrames:
 
     def skip_to(self, frame: int) -> None:
         """Frames before `frame` that were never classified count as non-speech."""
-        for k in range(self.next_frame, frame):
-            self._flags[k % self.capacity] = False
+        n = frame - self.next_frame
+        if n >= self.capacity:  # an outage longer than the ring: every slot goes
+            self._flags[:] = False
+        elif n > 0:
+            self._flags[np.arange(self.next_frame, frame) % self.capacity] = False
         self.next_frame = max(self.next_frame, frame)
 
     def flags(self, first_frame: int, last_frame: int) -> np.ndarray:

@@ -12,6 +12,9 @@ Two facts about the audio are kept at the write side, where every sample passes 
   last sample written while muted: windows and clips start at or after it.
 - Digital silence. `silent_samples` counts the samples since the last write that held anything
   but exact zeros: a microphone that delivers only zeros has stopped hearing.
+- Lost audio. `write_gap` moves the index on over audio that was never captured (a device or
+  stream outage of any length) while storing at most a ring's worth of zeros; `gaps` remembers
+  the latest such ranges, so that windows over them count as lost, not as skipped.
 
 Sample indices are the audio's own clock; `time_of` maps them onto the wall clock through the
 latest anchor, read from `clock` (injectable, so tests can step it).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,6 +40,8 @@ class NotYetWritten(LookupError):
 
 class RingBuffer:
     """Single-writer ring buffer; absolute indices start at 0 with the first sample ever written."""
+
+    GAPS_KEPT: ClassVar[int] = 32  # lost ranges remembered (older ones are long out of the ring)
 
     def __init__(self, capacity: int, sample_rate: int, clock: Callable[[], float] = time.time):
         if capacity <= 0:
@@ -52,6 +58,7 @@ class RingBuffer:
         self._muted = False  # any thread sets it; the writer applies it
         self._private_end = 0  # one past the last sample written while muted
         self._last_sound = 0  # one past the last write that held a non-zero sample
+        self._gaps: tuple[tuple[int, int], ...] = ()  # replaced whole by the writer: readers need no lock
         self.closed = False
 
     @property
@@ -114,12 +121,43 @@ class RingBuffer:
         self._written = total
         self._new_data.set()
 
-    def write_silence(self, n: int) -> None:
-        """Append n zero samples (used to keep the timeline when capture lost audio; they count as silence)."""
-        while n > 0:
-            chunk = min(n, self.capacity)
-            self.write(np.zeros(chunk, dtype=np.float32))
-            n -= chunk
+    def write_gap(self, n: int, wall_time: float | None = None) -> None:
+        """Move on past `n` samples that were never captured (writer thread only).
+
+        Sample indices keep tracking time across an outage of any length, so rule time (hold,
+        cooldown: sample counts) stays true; yet only what the ring can hold is stored (zeros),
+        in constant memory and time. The gap counts as silence and is remembered in `gaps`.
+        `wall_time`: when the gap's last sample would have been captured.
+        """
+        n = int(n)
+        if n <= 0:
+            return
+        start = self._written
+        total = start + n
+        self._reserved = total  # readers of anything older than total - capacity now get Overwritten
+        stored = min(n, self.capacity)
+        i = (total - stored) % self.capacity
+        first = min(stored, self.capacity - i)
+        self._data[i : i + first] = 0.0
+        self._data[: stored - first] = 0.0
+        if wall_time is not None:
+            self._anchor = (total, wall_time)
+        if self._muted:
+            self._private_end = total
+            self._last_sound = total
+        gaps = self._gaps
+        if gaps and gaps[-1][1] == start:  # one outage filled in steps is one gap
+            gaps = (*gaps[:-1], (gaps[-1][0], total))
+        else:
+            gaps = (*gaps[-(self.GAPS_KEPT - 1):], (start, total))
+        self._gaps = gaps
+        self._written = total
+        self._new_data.set()
+
+    @property
+    def gaps(self) -> tuple[tuple[int, int], ...]:
+        """The latest ranges [start, end) of audio that was never captured (`write_gap`), oldest first."""
+        return self._gaps
 
     def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
         """Copy of samples [start, end); raises Overwritten or NotYetWritten."""

@@ -158,6 +158,14 @@ class StreamSource:
             self.stats.state, self.stats.last_error = "failed", "the `av` package is not installed"
             log.error("audio: cannot read %s: %s (pip install av)", self.name, exc)
             return
+        try:
+            self._read(av)
+        except BaseException as exc:  # a bug in the loop itself: say so, never end silently
+            # no traceback: an exception's text may hold the URL, so only its scrubbed line is said
+            self.stats.state, self.stats.last_error = "failed", f"{type(exc).__name__}: {scrub(str(exc), self._url)}"
+            log.critical("audio: the reader of %s ended (%s)", self.name, self.stats.last_error)
+
+    def _read(self, av: Any) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -175,6 +183,8 @@ class StreamSource:
                 continue
             try:
                 reason = self._pump(av, container, audio)
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the room must not go deaf silently
+                reason = f"capture failed: {type(exc).__name__}: {scrub(str(exc), self._url)}"
             finally:
                 _close_quietly(container)
             if self.stats.state == "running":
