@@ -172,6 +172,20 @@ def program(workdir: Path, name: str, seed: int, seconds: float) -> Path:
     return path
 
 
+class Subscriber(Recorder):
+    """The hub's side: every message with its arrival time and MQTT's DUP flag (a QoS 1 redelivery)."""
+
+    def __init__(self, *args, **kwargs):
+        self.arrivals: list[tuple[float, str, str, bool]] = []  # (time, topic, event id, dup flag)
+        super().__init__(*args, **kwargs)
+
+    def _on_message(self, client, userdata, msg):
+        if msg.topic.endswith("/event"):
+            with self._cond:
+                self.arrivals.append((time.time(), msg.topic, json.loads(msg.payload)["id"], bool(msg.dup)))
+        super()._on_message(client, userdata, msg)
+
+
 class Player:
     """Plays a room's loop into its virtual microphone, again and again, until stopped."""
 
@@ -275,7 +289,7 @@ class Soak:
         self.work.mkdir(exist_ok=True)
         self.samples: list[dict] = []
         self.faults: list[dict] = []
-        self.t0 = 0.0
+        self.t0 = self.t0_wall = 0.0
         self.stop = threading.Event()
         self.rules_version = 0
 
@@ -302,7 +316,7 @@ class Soak:
                                  log=self.work / "rtsp.log").start()
         write_rules(self.work / "rules.yaml", 0)
         config = write_config(self.work, model, self.broker, self.camera, args)
-        self.recorder = Recorder("127.0.0.1", self.broker.port, ["am/#"], client_id="soak-subscriber", persistent=True)
+        self.recorder = Subscriber("127.0.0.1", self.broker.port, ["am/#"], client_id="soak-subscriber", persistent=True)
         env = {**os.environ, **self.mics.env, "CAM_PASSWORD": CAM_PASSWORD, "PYTHONUNBUFFERED": "1",
                **dict(e.split("=", 1) for e in args.env)}
         command = [sys.executable, "-m", "monitor", "run", "-c", str(config)]
@@ -319,7 +333,7 @@ class Soak:
         players: list[Player] = []
         try:
             self._wait_log("listening:", 300)
-            self.t0 = time.monotonic()
+            self.t0, self.t0_wall = time.monotonic(), time.time()
             self.load_start = os.getloadavg()
             say(f"daemon {self.daemon.pid} listening; soaking {args.minutes} min")
             players = [Player(self.mics, device, program(self.work, room, 1 + i, loop_s))
@@ -428,7 +442,7 @@ class Soak:
 
     def _received(self) -> list[str]:
         with self.recorder._cond:
-            return [json.loads(p)["id"] for t, p, _ in self.recorder.messages if t.endswith("/event")]
+            return [ident for _, _, ident, _ in self.recorder.arrivals]
 
     def _finish(self) -> dict:
         metrics = {}
@@ -448,18 +462,23 @@ class Soak:
             code = self.daemon.returncode
         time.sleep(2)
         logged = self._logged_events()
-        received = self._received()
         self.recorder.close()
         self.camera.stop()
         self.broker.stop()
         self.mics.stop()
+        with (self.out / "events.csv").open("w", newline="") as f:  # what arrived, for a look afterwards
+            writer = csv.writer(f)
+            writer.writerow(["time", "topic", "id", "dup_flag"])
+            writer.writerows(self.recorder.arrivals)
         order = {i: n for n, (_, i) in enumerate(logged)}
         seen: set[str] = set()
         duplicated = out_of_order = unexpected = 0
+        redelivered = []  # duplicates: minute of arrival, and whether the broker marked them as a redelivery
         latest = -1
-        for ident in received:
+        for when, _, ident, dup in self.recorder.arrivals:
             if ident in seen:
                 duplicated += 1
+                redelivered.append({"minute": round((when - self.t0_wall) / 60, 2), "dup_flag": dup})
                 continue
             seen.add(ident)
             if ident not in order:
@@ -475,7 +494,7 @@ class Soak:
             **self._memory(),
             "events": len(logged), "events_by_room": {r: sum(1 for x, _ in logged if x == r) for r in {x for x, _ in logged}},
             "received": len(seen), "lost": sum(1 for _, i in logged if i not in seen), "duplicated": duplicated,
-            "out_of_order": out_of_order, "unexpected": unexpected,
+            "out_of_order": out_of_order, "unexpected": unexpected, "duplicates": redelivered,
             "tracebacks": self.daemon_log.read_text(errors="replace").count("Traceback"),
             "windows": metrics, "faults": self.faults,
             "load_start": [round(x, 2) for x in getattr(self, "load_start", (0, 0, 0))],
