@@ -19,11 +19,12 @@ cropped to its longest one, each window masked at its own length.
 
 The crop is rounded up to one of a few lengths (`CROP_SECONDS`: 1, 2, 3, 4, 5, 6, 8, 10, 12, 15,
 20, 25, 30 s of a 30 s encoder), the positions past the longest window masked like the rest of
-the padding, which changes no valid position's output. Without the rounding, every length not
-seen before (an utterance for a text rule, a batch of windows of another mix) is a new input
-shape, and the convolutions' kernels made and kept per shape (oneDNN's primitive cache, up to
-1024 of them) and the allocator's heaps grow for hours; with it, the encoder sees 13 lengths per
-batch size, all met in the first minutes.
+the padding, which changes no valid position's output. Without the rounding every length not
+seen before (an utterance for a text rule, a batch of windows of a new mix) is a new input shape
+for the convolutions, whose kernels the CPU backend makes and keeps per shape (oneDNN's primitive
+cache: ~60 KiB per shape on the tiny model), and the allocator's heaps fragment around them: a
+daemon's resident size grew for as long as new lengths kept coming (bench/README.md, soak.py).
+With it the encoder sees at most 13 lengths per batch size.
 
 The language model is then run with `inputs_embeds`: the text embeddings with the audio
 embeddings written at the `<|AUDIO|>` positions, as `Qwen2AudioModel.forward` does itself.
