@@ -226,6 +226,7 @@ def test_systemd_unit_verifies(tmp_path):
                 "StateDirectory=audio-monitor", "ConfigurationDirectory=audio-monitor", "ProtectHome=yes",
                 "PrivateTmp=yes", "SupplementaryGroups=audio", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert key in unit, key
+    assert "\nEnvironment=MALLOC_ARENA_MAX=2\n" in unit  # measured by bench/soak.py (bench/README.md)
     # verify the unit as installed: ExecStart pointing at the installed program
     program = REPO / ".venv" / "bin" / "audio-monitor"
     installed = tmp_path / "audio-monitor.service"

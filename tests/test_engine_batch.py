@@ -16,6 +16,7 @@ import torch
 from monitor.engine.api import Question, Request, TextTask
 from monitor.engine.encoder import CroppedEncoder, Unsupported, audio_tokens
 from monitor.engine.engine import Engine
+from monitor.engine.selfcheck import SCORE_TOLERANCE
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, make_window, noise, tone
 from tests.engine_support import fresh
@@ -332,6 +333,79 @@ def test_the_encoder_sees_only_the_windows_own_frames(engine):
     # 8 s = 800 mel frames -> 400 positions, +1 the convolutions read past the end; a batch is cropped
     # to its longest window; split into two forwards, each window is cropped to its own length
     assert seen == [401, 401, 101, 401]
+
+
+# Window lengths no two alike (utterances of text rules, windows after an outage): each was a new shape
+IRREGULAR = [0.13 + 0.331 * k + 0.011 * (k % 7) for k in range(20)] + [9.7, 17.3, 29.99, 30.0]
+
+
+def _encoder_lengths(engine: Engine) -> tuple[list[int], object]:
+    """Positions each encoder run covers (its first layer's input length), recorded by a hook."""
+    seen: list[int] = []
+    layer = engine.model.model.audio_tower.layers[0]
+    return seen, layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+
+
+def test_crops_are_rounded_up_to_a_few_lengths_that_hold_the_longest_window(engine):
+    # through the engine: windows of 24 lengths reach the encoder in 10 shapes, none too short
+    eng = fresh(engine)
+    seen, handle = _encoder_lengths(engine)
+    try:
+        for i, seconds in enumerate(IRREGULAR):
+            eng.score_windows([noise(seconds, 0.1, seed=i)], [PROMPTS[:1]])
+        eng.answer_texts([(noise(s, 0.1, seed=50 + i), "What is being said?", 2) for i, s in enumerate(IRREGULAR[:9])])
+    finally:
+        handle.remove()
+    needed = [(int(round(s * RATE)) // 160 - 1) // 2 + 1 for s in IRREGULAR]  # valid positions: 50 per second
+    assert len(seen) == len(IRREGULAR) + 1 and len(set(seen)) == 10, sorted(set(seen))
+    assert set(seen) <= {min(50 * s + 1, 1500) for s in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)}, sorted(set(seen))
+    assert all(got >= min(n + 1, 1500) for got, n in zip(seen, needed))  # every valid position, + the one past
+    # the rounding itself: the smallest of 13 lengths that holds the longest window
+    from monitor.engine.encoder import CROP_SECONDS, crop_positions
+
+    full = 1500
+    sizes = {crop_positions(n, full) for n in range(1, full + 1)}
+    assert sorted(sizes) == [50 * s for s in CROP_SECONDS] and len(sizes) == 13
+    assert all(crop_positions(n, full) >= n for n in range(1, full + 1))
+    assert crop_positions(100, full) == 100 and crop_positions(400, full) == 400  # 2 s and 8 s windows: exact
+    assert crop_positions(401, full) == 500 and crop_positions(1501, full) == full
+    assert crop_positions(377, full, None) == 377
+
+
+def test_the_self_check_compares_the_rounded_crops_the_engine_uses(engine):
+    seen, handle = _encoder_lengths(engine)
+    try:
+        eng = fresh(engine)
+    finally:
+        handle.remove()
+    assert eng.encoder is not None
+    # probes of 0.5 s and 7.3 s: cropped to 1 s and 8 s (as the engine would), against the padded 30 s
+    assert {51, 401, 1500} <= set(seen) and not {26, 366} & set(seen)
+
+
+def test_rounded_crops_give_the_exact_crops_embeddings_and_scores(engine):
+    import copy
+
+    # float64: the rounding may change only summation order (differences ~1e-12), never a value
+    model64 = copy.deepcopy(engine.model).double()
+    rounded, exact = CroppedEncoder(model64), CroppedEncoder(model64)
+    exact.crop_seconds = None
+    feats, frames = features(engine, IRREGULAR[::3] + [8.0, 7.99])
+    with torch.inference_mode():
+        for i, f in enumerate(frames):
+            a = rounded.cropped(feats[i:i + 1].double(), [f])
+            b = exact.cropped(feats[i:i + 1].double(), [f])
+            assert a.shape == b.shape and float((a - b).abs().max()) < 1e-10
+        batch_a, batch_b = rounded.cropped(feats.double(), frames), exact.cropped(feats.double(), frames)
+        assert float((batch_a - batch_b).abs().max()) < 1e-10
+    # and the engine's scores (float32) within the self-check's tolerances
+    eng, plain = fresh(engine), fresh(engine)
+    plain.encoder.crop_seconds = None
+    audios = [noise(s, 0.1, seed=60) + tone(s, 250.0, 0.2) for s in (0.37, 2.3, 7.3, 13.1, 29.9)]
+    got = eng.score_windows(audios, [PROMPTS[:3]] * len(audios))
+    want = plain.score_windows(audios, [PROMPTS[:3]] * len(audios))
+    for x, y in zip(got, want, strict=True):
+        assert all(abs(a - b) <= SCORE_TOLERANCE[torch.float32] for p in x for a, b in zip(x[p], y[p]))
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.3, 8.0, 30.0])

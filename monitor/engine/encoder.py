@@ -17,6 +17,15 @@ past the end:
 An 8 s window thus costs its encoder about 8/30 of the padded run. A batch of windows is
 cropped to its longest one, each window masked at its own length.
 
+The crop is rounded up to one of a few lengths (`CROP_SECONDS`: 1, 2, 3, 4, 5, 6, 8, 10, 12, 15,
+20, 25, 30 s of a 30 s encoder), the positions past the longest window masked like the rest of
+the padding, which changes no valid position's output. Without the rounding every length not
+seen before (an utterance for a text rule, a batch of windows of a new mix) is a new input shape
+for the convolutions, whose kernels the CPU backend makes and keeps per shape (oneDNN's primitive
+cache: ~60 KiB per shape on the tiny model), and the allocator's heaps fragment around them: a
+daemon's resident size grew for as long as new lengths kept coming (bench/README.md, soak.py).
+With it the encoder sees at most 13 lengths per batch size.
+
 The language model is then run with `inputs_embeds`: the text embeddings with the audio
 embeddings written at the `<|AUDIO|>` positions, as `Qwen2AudioModel.forward` does itself.
 
@@ -41,6 +50,11 @@ log = logging.getLogger(__name__)
 # (at least 1): float32 differs only by summation order; bf16/fp16 round every layer's output.
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
+# The lengths a crop is rounded up to, in seconds of the encoder's full 30 s (each whole number of
+# seconds up to 6, then steps of at most a third): the common window lengths (2, 4, 5, 8, 10, 30 s)
+# are cropped exactly, anything else pays at most a third more encoder positions.
+CROP_SECONDS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
+
 
 class Unsupported(ValueError):
     """The model is not shaped like Qwen2-Audio: the cropped encoder cannot be used."""
@@ -54,6 +68,20 @@ def positions(frames: int) -> int:
 def audio_tokens(frames: int) -> int:
     """Audio embeddings the encoder emits for `frames` valid mel frames (conv stride 2, pool 2)."""
     return (positions(frames) - 2) // 2 + 1
+
+
+def crop_positions(needed: int, full: int, steps: Sequence[int] | None = CROP_SECONDS) -> int:
+    """Valid encoder positions a batch whose longest window has `needed` is cropped to (`full`: 30 s).
+
+    The smallest of `steps` (seconds of the full length) that holds `needed`; `steps=None`: exactly `needed`.
+    """
+    if steps is None:
+        return min(needed, full)
+    for seconds in steps:
+        size = -(-full * seconds // 30)
+        if size >= needed:
+            return min(size, full)
+    return full
 
 
 class CroppedEncoder:
@@ -84,6 +112,7 @@ class CroppedEncoder:
         self.tower = tower
         self.projector = projector
         self.audio_token_id = int(token)
+        self.crop_seconds: Sequence[int] | None = CROP_SECONDS  # None: crop to the longest window exactly
 
     # ------------------------------------------------------------------ audio embeddings
 
@@ -106,7 +135,7 @@ class CroppedEncoder:
         """
         tower = self.tower
         lengths = [positions(f) for f in frames]
-        crop = min(features.shape[-1], 2 * max(lengths) + 1)
+        crop = min(features.shape[-1], 2 * self.crop_size(max(lengths), features.shape[-1]) + 1)
         x = features[..., :crop].to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
         hidden = nn.functional.gelu(tower.conv1(x))
         hidden = nn.functional.gelu(tower.conv2(hidden)).permute(0, 2, 1)
@@ -118,6 +147,10 @@ class CroppedEncoder:
         hidden = tower.avg_pooler(hidden.permute(0, 2, 1)).permute(0, 2, 1)
         hidden = tower.layer_norm(hidden)
         return self._gather(self.projector(hidden), frames)
+
+    def crop_size(self, needed: int, frames: int) -> int:
+        """Valid positions the encoder runs over for a longest window of `needed` (features of `frames` frames)."""
+        return crop_positions(needed, positions(frames), self.crop_seconds)
 
     def padded(self, features: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
         """The same through the model's own encoder over all 3000 frames (the reference)."""
