@@ -3,7 +3,7 @@
     python bench/engine.py --size small            # CPU, ~63M-parameter Qwen2-Audio, random weights
     python bench/engine.py --size full             # GPU, the full Qwen2-Audio-7B architecture in bf16
     python bench/engine.py --arch salmonn --size small   # CPU, SALMONN with the 7B's proportions, reduced width
-    python bench/engine.py --arch af3 --size small # another family (monitor.testing.tiny_families), CPU
+    python bench/engine.py --arch af3 --size small # another family (monitor.testing.tiny), CPU
 
 Naive = what one would write first: for every question, the processor re-encodes the audio and
 `generate()` answers it (greedy, max_new_tokens=3), and the answer is parsed as yes/no. For
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor.engine.api import Question, Request  # noqa: E402
 from monitor.engine.settings import ModelSettings  # noqa: E402
+from monitor.testing import tiny  # noqa: E402
 from monitor.testing.signals import RATE, make_window, noise  # noqa: E402
 
 # Phrased like the shipped rules (rules/home.yaml): 18-38 tokens after the shared prefix.
@@ -82,30 +83,24 @@ def speech_window(seconds: float, tmp: Path) -> tuple[np.ndarray, bool]:
 
 def make_engine(size: str, device: str, model_dir: Path | None, tmp: Path, arch: str = "qwen2_audio"):
     """tiny/small: built to disk and loaded the daemon's way; full: built in place on the device."""
-    from monitor.engine.engine import Engine
-    from monitor.engine.loading import Placement
-    from monitor.testing import tiny_model
+    from monitor.engine.backends import load_backend
+    from monitor.engine.local.engine import Engine
+    from monitor.engine.placement import Placement
+    from monitor.testing.tiny import qwen2_audio
 
     if arch == "salmonn":
-        from monitor.engine.salmonn.engine import SalmonnEngine
-        from monitor.testing import tiny_salmonn
-
-        folder = model_dir or tiny_salmonn.build(tmp / f"salmonn-{size}", size=size)
-        return SalmonnEngine.load(ModelSettings(backend="salmonn", device=device, salmonn=dict(
+        folder = model_dir or tiny.build(tmp / f"salmonn-{size}", "salmonn", size=size)
+        return load_backend(ModelSettings(backend="salmonn", device=device, salmonn=dict(
             checkpoint=folder / "checkpoint.pth", beats=folder / "beats.pt", whisper=folder / "whisper",
             llm=folder / "llm")))
 
     if size == "full":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
         settings = ModelSettings(path=None, device=device, dtype=dtype)
-        processor = tiny_model.make_processor()
-        model = tiny_model.make_model("full", processor, dtype=dtype, device=device)
+        processor = qwen2_audio.make_processor()
+        model = qwen2_audio.make_model("full", processor, dtype=dtype, device=device)
         return Engine(model, processor, settings, Placement(device, dtype))
-    if model_dir is None and arch != "qwen2_audio":
-        from monitor.testing.tiny_families import build_arch
-
-        model_dir = build_arch(tmp / f"{arch}-{size}-model", arch, size=size)
-    folder = model_dir or tiny_model.build(tmp / f"{size}-model", size=size)
+    folder = model_dir or tiny.build(tmp / f"{arch}-{size}-model", arch, size=size)
     return Engine.load(ModelSettings(path=folder, device=device))
 
 
@@ -116,8 +111,8 @@ def naive_window(engine, audio: np.ndarray, prompts: list[str]) -> list[str]:
     answers = []
     for prompt in prompts:
         with torch.inference_mode():
-            if hasattr(engine, "audio"):  # SALMONN: the prompt's embeddings, its audio encoders run again
-                inputs = engine._plain_inputs(engine._fit(audio), prompt)
+            if engine.family.name == "salmonn":  # the prompt's embeddings, its audio encoders run again
+                inputs = engine._plain_inputs(engine.fit(audio), prompt)
                 start = 0  # generate() from embeddings returns the new tokens only
             else:
                 inputs = engine._plain_inputs(audio, prompt)  # the processor, as the model card shows
@@ -140,8 +135,9 @@ def timed(fn, sync) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
-    parser.add_argument("--arch", default="qwen2_audio", help="model family: qwen2_audio; salmonn (tiny and small); "
-                        "or one of monitor.testing.tiny_families (af3, qwen2_5_omni, qwen3_omni, voxtral, gemma3n; tiny and small)")
+    parser.add_argument("--arch", default="qwen2_audio", choices=list(tiny.builders()),
+                        help="model family, as monitor.testing.tiny builds it (qwen2_audio: tiny, small, full; the "
+                        "others: tiny, small)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for full, else cpu)")
     parser.add_argument("--window", type=float, default=10.0, help="window length in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the windows")
@@ -149,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--ps", type=int, nargs="+", default=list(PS), help="questions per window to measure")
     args = parser.parse_args(argv)
-    if args.arch == "salmonn" and args.size == "full":
-        parser.error("--arch salmonn takes --size tiny or small")
+    if args.size not in tiny.sizes(args.arch):
+        parser.error(f"--arch {args.arch} takes --size {' or '.join(tiny.sizes(args.arch))}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 
     import torch

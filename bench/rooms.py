@@ -57,9 +57,9 @@ log = logging.getLogger("bench.rooms")
 
 def make_engine(size: str, device: str, dtype: str, model_dir: Path | None, tmp: Path):
     """tiny/small: built to disk and loaded the daemon's way; full: built in place on the device."""
-    from monitor.engine.engine import Engine
-    from monitor.engine.loading import Placement
-    from monitor.testing import tiny_model
+    from monitor.engine.local.engine import Engine
+    from monitor.engine.placement import Placement
+    from monitor.testing.tiny import qwen2_audio as tiny_model
 
     if size == "full":
         settings = ModelSettings(path=None, device=device, dtype=dtype)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rooms", type=int, default=64, help="stop the real-time search here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    logging.getLogger("monitor.engine.selfcheck").setLevel(logging.INFO)
+    logging.getLogger("monitor.engine.local.selfcheck").setLevel(logging.INFO)
 
     import torch
     import transformers
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max_abs_diff": float(f"{max_diff(p_out, c_out):.3g}"), "speedup": round(p_ms / c_ms, 2),
                     "questions": P}
             if encoder is not None:
-                clip = engine._clip(engine._fit(request.window.audio))
+                clip = engine.clip(request.window.audio)
                 feats = clip.features["input_features"]
                 with torch.inference_mode():
                     e_pad, e_crop, _, _ = compare(lambda f=feats, n=clip.frames: encoder.padded(f, [n]),

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.url:
                 url, name, key_env = args.url, args.name, args.api_key_env
             else:
-                from monitor.testing.tiny_model import build
+                from monitor.testing.tiny.qwen2_audio import build
 
                 model_dir = build(Path(tmpdir) / "model", size=args.size)
                 port, key_env = free_port(), "BENCH_SERVED_KEY"

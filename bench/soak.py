@@ -9,7 +9,7 @@ Starts the real parts itself: mosquitto (persistent, so that a restart loses not
 the subscriber), a PulseAudio server with two virtual microphones (rooms `kitchen` and
 `nursery`), a GStreamer RTSP camera (room `porch`), and the daemon (`python -m monitor run`) as a
 subprocess with a `sources:` config, a loud yes/no rule and a text rule with a match on it, and
-a tiny or small random-weight Qwen2-Audio built by `monitor.testing.tiny_model.build`. Each
+a tiny or small random-weight Qwen2-Audio built by `monitor.testing.tiny.qwen2_audio.build`. Each
 microphone plays its own loop of espeak-ng speech (utterances of many lengths), noise bursts
 and quiet; the camera sends another.
 
@@ -303,7 +303,7 @@ class Soak:
     def run(self) -> dict:
         args = self.args
         say(f"output in {self.out}")
-        from monitor.testing.tiny_model import build
+        from monitor.testing.tiny.qwen2_audio import build
 
         model = build(self.work / f"model-{args.model_size}", size=args.model_size)
         self.broker = Broker(self.work)

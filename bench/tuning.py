@@ -80,7 +80,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from monitor.testing.tiny_model import build
+    from monitor.testing.tiny.qwen2_audio import build
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -398,7 +398,7 @@ def ncc(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight Qwen2-Audio checkpoint (model, processor, tokenizer) on disk."""
-    from monitor.testing.tiny_model import build
+    from monitor.testing.tiny.qwen2_audio import build
 
     out = tmp_path_factory.mktemp("tiny-qwen2-audio")
     build(out, size="tiny")
@@ -408,7 +408,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     """The engine over the tiny Qwen2-Audio, loaded once per module (tests/engine_support.fresh copies it)."""
-    from monitor.engine.engine import Engine
+    from monitor.engine.local.engine import Engine
     from monitor.engine.settings import ModelSettings
 
     return Engine.load(ModelSettings(path=tiny_model_dir))
@@ -417,7 +417,7 @@ def engine(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_salmonn_dir(tmp_path_factory) -> Path:
     """A tiny random SALMONN in the released layout: checkpoint.pth, beats.pt, whisper/, llm/."""
-    from monitor.testing.tiny_salmonn import build
+    from monitor.testing.tiny.salmonn import build
 
     return build(tmp_path_factory.mktemp("tiny-salmonn"))
 

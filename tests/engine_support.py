@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.engine.engine import Engine
+from monitor.engine.local.engine import Engine
 
 
 def fresh(engine: Engine, cls: type[Engine] = Engine, **changes) -> Engine:

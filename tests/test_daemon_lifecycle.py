@@ -13,7 +13,7 @@ from monitor.audio.ringbuffer import RingBuffer
 from monitor.audio.sources import FileSource, MicSource
 from monitor.config import MODEL_RATE, load_config
 from monitor.daemon import Daemon
-from monitor.engine.engine import Engine
+from monitor.engine.local.engine import Engine
 from monitor.systemd import Notifier
 from tests.daemon_support import NotifySocket, write_config
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from monitor.engine.api import Question, Request, TextTask
-from monitor.engine.engine import Engine, ModelLoadError
+from monitor.engine.local.engine import Engine, ModelLoadError
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, make_window, noise, tone
 from tests.engine_support import fresh
@@ -220,7 +220,7 @@ def test_out_of_memory_in_a_forward_is_counted_and_the_engine_lives_on(engine, c
     eng.calibrate(["Is a dog barking?"], 1.0)
     questions = (Question("dog", "Is a dog barking?"),)
     eng.fail_with = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    with caplog.at_level("ERROR", logger="monitor.engine.engine"):
+    with caplog.at_level("ERROR", logger="monitor.engine.local.engine"):
         bad = eng.run(Request(make_window(noise(1.0), seq=5), questions))
     assert bad.error.startswith("out of memory on window 5")
     assert eng.oom == 1 and eng.failures == 1
@@ -277,7 +277,7 @@ def test_asking_for_cuda_without_cuda_says_so(tiny_model_dir):
 
 
 def test_auto_placement_is_cpu_float32_here_and_overridable():
-    from monitor.engine.loading import resolve_placement
+    from monitor.engine.placement import resolve_placement
 
     auto = resolve_placement(ModelSettings())
     if torch.cuda.is_available():
@@ -322,6 +322,33 @@ def test_running_out_of_memory_while_loading_is_one_line(tiny_model_dir, monkeyp
     assert "\n" not in str(exc.value)
 
 
+# transformers' message when a model needs a package that is missing: one sentence broken across lines.
+MISSING_BACKEND = ("Qwen2AudioForConditionalGeneration requires the timm library but it was not found in your "
+                   "environment. Check out the instructions on the\ninstallation page: "
+                   "https://github.com/huggingface/pytorch-image-models and follow the ones that match your "
+                   "environment.\nPlease note that you may need to restart your runtime after installation.")
+
+
+def test_a_load_failure_is_one_line_that_ends_at_a_whole_sentence(tiny_model_dir, monkeypatch):
+    import transformers
+
+    from monitor.engine.errors import first_line
+
+    def missing_package(*_args, **_kwargs):
+        raise ImportError(MISSING_BACKEND)
+
+    monkeypatch.setattr(transformers.Qwen2AudioForConditionalGeneration, "from_pretrained", missing_package)
+    with pytest.raises(ModelLoadError) as exc:
+        Engine.load(ModelSettings(path=tiny_model_dir))
+    message = str(exc.value)
+    assert "\n" not in message and "Check out the instructions on the" not in message, message
+    assert message.endswith("requires the timm library but it was not found in your environment.)"), message
+    # a one-line message, or a first line without a whole sentence in it, is kept as it is
+    assert first_line(ValueError("no config.json in /m. Fix it")) == "ValueError: no config.json in /m. Fix it"
+    assert first_line(ValueError("corrupt features\nmore detail")) == "ValueError: corrupt features"
+    assert first_line(OSError("")) == "OSError"
+
+
 def test_a_folder_with_a_config_but_no_weights_is_one_line(tiny_model_dir, tmp_path):
     import shutil
 
@@ -336,7 +363,7 @@ def test_a_folder_with_a_config_but_no_weights_is_one_line(tiny_model_dir, tmp_p
 
 
 def test_pack_lays_questions_side_by_side_after_the_prefix():
-    from monitor.engine.packing import pack
+    from monitor.engine.local.packing import pack
 
     packed = pack([10, 11, 12], [[20, 21], [30]], "cpu")
     assert packed.input_ids.tolist() == [[10, 11, 12, 20, 21, 30]]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from monitor.engine.api import Question, Request, TextTask
-from monitor.engine.encoder import CroppedEncoder, Unsupported, audio_tokens
-from monitor.engine.engine import Engine
-from monitor.engine.selfcheck import SCORE_TOLERANCE
+from monitor.engine.local.encoder import CroppedEncoder, Unsupported, audio_tokens
+from monitor.engine.local.engine import Engine
+from monitor.engine.local.selfcheck import SCORE_TOLERANCE
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, make_window, noise, tone
 from tests.engine_support import fresh
@@ -137,7 +137,7 @@ def test_windows_of_very_different_lengths_are_grouped_and_still_equal(engine):
 
 
 def test_group_rows_pads_only_when_padding_costs_less_than_a_forward():
-    from monitor.engine.packing import group_rows
+    from monitor.engine.local.packing import group_rows
 
     assert group_rows([430, 425, 431, 428], 64) == [[0, 1, 2, 3]]
     assert group_rows([430, 60, 820, 70], 64) == [[0], [1, 3], [2]]
@@ -243,7 +243,7 @@ def test_a_batch_that_runs_out_of_memory_is_answered_window_by_window(engine, ca
     eng.calibrate({p for _, _, prompts in ROOMS for p in prompts}, seconds=8.0)
     eng.max_rows = 1
     batch = requests()
-    with caplog.at_level(logging.WARNING, logger="monitor.engine.engine"):
+    with caplog.at_level(logging.WARNING, logger="monitor.engine.local.engine"):
         results = eng.answer(batch)
     assert all(r.error is None for r in results)
     assert eng.batch_failures == 1 and eng.failures == 0
@@ -361,7 +361,7 @@ def test_crops_are_rounded_up_to_a_few_lengths_that_hold_the_longest_window(engi
     assert set(seen) <= {min(50 * s + 1, 1500) for s in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)}, sorted(set(seen))
     assert all(got >= min(n + 1, 1500) for got, n in zip(seen, needed))  # every valid position, + the one past
     # the rounding itself: the smallest of 13 lengths that holds the longest window
-    from monitor.engine.encoder import CROP_SECONDS, crop_positions
+    from monitor.engine.local.encoder import CROP_SECONDS, crop_positions
 
     full = 1500
     sizes = {crop_positions(n, full) for n in range(1, full + 1)}
@@ -432,7 +432,7 @@ def test_the_self_check_refuses_an_encoder_whose_output_depends_on_padding(engin
         return original(self, hidden_states, None, **kwargs)  # as Whisper does: no padding mask
 
     monkeypatch.setattr(qwen.Qwen2AudioEncoderLayer, "forward", attends_to_padding)
-    with caplog.at_level(logging.INFO, logger="monitor.engine.selfcheck"):
+    with caplog.at_level(logging.INFO, logger="monitor.engine.local.selfcheck"):
         eng = fresh(engine)
     assert eng.encoder is None and eng.encoder_path == "padded"
     refused = [r for r in caplog.records if "padded to 30 s" in r.getMessage()]
@@ -452,14 +452,14 @@ def test_a_model_not_shaped_like_qwen2_audio_keeps_the_padded_path(engine, monke
     with pytest.raises(Unsupported):
         CroppedEncoder(torch.nn.Linear(2, 2))
     monkeypatch.setattr(engine.model.model.audio_tower, "avg_pooler", torch.nn.AvgPool1d(3, stride=3))
-    with caplog.at_level(logging.INFO, logger="monitor.engine.selfcheck"):
+    with caplog.at_level(logging.INFO, logger="monitor.engine.local.selfcheck"):
         eng = fresh(engine)
     assert eng.encoder is None
     assert any("cropping unavailable" in r.getMessage() for r in caplog.records)
 
 
 def test_pack_rows_keeps_each_windows_row_as_packed_alone_and_masks_padding():
-    from monitor.engine.packing import pack, pack_rows
+    from monitor.engine.local.packing import pack, pack_rows
 
     batch = pack_rows([([10, 11, 12], [[20, 21], [30]]), ([40], [[50]])], "cpu", pad_id=0)
     alone = pack([10, 11, 12], [[20, 21], [30]], "cpu")
@@ -481,7 +481,7 @@ def test_pack_rows_keeps_each_windows_row_as_packed_alone_and_masks_padding():
 
 def test_pack_rows_narrows_the_sliding_layers_mask_to_the_window_in_positions():
     """Window 2: a token sees itself and the key one position before it, as in its question's plain prompt."""
-    from monitor.engine.packing import pack_rows
+    from monitor.engine.local.packing import pack_rows
 
     packed = pack_rows([([10, 11, 12], [[20, 21], [30]])], "cpu", sliding_window=2)
     assert set(packed.attention_mask) == {"full_attention", "sliding_attention"}

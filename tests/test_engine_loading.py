@@ -11,7 +11,7 @@ from conftest import REPO
 
 LOAD = """
 import json, sys
-from monitor.engine.engine import Engine, ModelLoadError
+from monitor.engine.local.engine import Engine, ModelLoadError
 from monitor.engine.settings import ModelSettings
 try:
     Engine.load(ModelSettings(**json.loads(sys.argv[1])))

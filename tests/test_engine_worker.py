@@ -12,7 +12,7 @@ import time
 import pytest
 
 from monitor.engine.api import Question, Request, Result
-from monitor.engine.engine import Engine
+from monitor.engine.local.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.engine.worker import IDLE_TICK, EngineWorker
 from monitor.testing.signals import make_window, noise
@@ -109,6 +109,34 @@ def test_requests_are_answered_in_order_by_the_one_engine_thread(loaded):
         assert engine.threads == {worker.thread.ident} != {threading.get_ident()}
     finally:
         assert worker.stop(10)
+
+
+def test_results_are_frozen_and_the_worker_delivers_copies_tagged_with_room_and_rules(loaded):
+    """A Result is read by other threads (rules, sinks): nobody may change it after the engine made it."""
+    import dataclasses
+
+    answered: list[Result] = []
+
+    class Keeping(GatedEngine):
+        def answer(self, requests):
+            answered.extend(super().answer(requests))
+            return answered[-len(requests):]
+
+    collector = Collector()
+    worker = EngineWorker(loaded.settings, collector, engine_factory=lambda settings: Keeping(
+        loaded.model, loaded.processor, settings, loaded.placement)).start()
+    try:
+        assert worker.wait_ready(60)
+        asked = Request(make_window(noise(1.0, seed=7), seq=7), QUESTIONS, generation=3, source="porch")
+        assert worker.submit(asked, drop_oldest=False) and worker.wait_idle(60)
+    finally:
+        assert worker.stop(10)
+    (got,) = collector.results
+    assert (got.generation, got.source, got.error) == (3, "porch", None) and set(got.scores) == {"dog", "help"}
+    (made,) = answered
+    assert (made.generation, made.source) == (0, "") and made is not got  # the engine's own Result is untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.source = "kitchen"  # type: ignore[misc]
 
 
 def test_a_full_inbox_drops_the_oldest_pending_request_never_waits(loaded):

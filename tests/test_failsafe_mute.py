@@ -20,7 +20,7 @@ from monitor.audio.ringbuffer import RingBuffer
 from monitor.audio.sources import MicSource
 from monitor.clips import ClipStore
 from monitor.config import load_config
-from monitor.engine.engine import Engine
+from monitor.engine.local.engine import Engine
 from monitor.pipeline import Pipeline
 from monitor.rules import load_rules
 from tests.conftest import ncc, speech_wav

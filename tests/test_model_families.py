@@ -16,13 +16,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from monitor.engine.engine import Engine
+from monitor.engine import families
+from monitor.engine.local.engine import Engine
 from monitor.engine.settings import ModelSettings
+from monitor.testing import tiny
 from monitor.testing.signals import RATE, noise, tone
 from tests.conftest import REPO, need
 
@@ -102,7 +105,7 @@ def sliding_window_dir(tmp_path_factory) -> Path:
     Its own mask rule (each token sees only the 16 before it) is one a plain tree mask does not
     follow: packed with it, a question would see the whole audio prefix.
     """
-    from monitor.testing.tiny_model import make_model, make_processor
+    from monitor.testing.tiny.qwen2_audio import make_model, make_processor
 
     processor = make_processor()
     model = make_model("tiny", processor)
@@ -141,7 +144,7 @@ def test_a_sliding_window_model_is_packed_with_its_window(sliding_window_dir, ca
 
 def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_dir, monkeypatch, caplog):
     """Forced window-blind (the tree mask alone on a sliding-window model): the check refuses packing."""
-    from monitor.engine import engine as engine_module
+    from monitor.engine.local import scorer as engine_module
 
     monkeypatch.setattr(engine_module, "sliding_window", lambda model: None)
     engine, line = load_logged(sliding_window_dir, caplog)
@@ -158,14 +161,14 @@ def test_self_check_refuses_packing_a_model_it_would_get_wrong(sliding_window_di
 
 def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_model_dir, monkeypatch, caplog):
     """Packing whose positions run on through the row (each question after the previous ones) is refused."""
-    from monitor.engine import engine as engine_module
-    from monitor.engine.families import TokenPositions
+    from monitor.engine.local import scorer as engine_module
+    from monitor.engine.local.positions import TokenPositions
 
     class RunOn(TokenPositions):
         def positions(self, packed, prefixes, features):
             return torch.arange(packed.input_ids.shape[1], device=packed.input_ids.device).expand_as(packed.input_ids)
 
-    monkeypatch.setattr(engine_module, "position_rule", lambda model: RunOn())
+    monkeypatch.setattr(engine_module, "position_rule", lambda model, family: RunOn())
     engine, line = load_logged(tiny_model_dir, caplog)
     assert engine.scoring_path == "batched"
     assert "batched, because packed scoring differs" in line
@@ -175,20 +178,22 @@ def test_self_check_refuses_positions_that_do_not_restart_per_question(tiny_mode
 
 # ---------------------------------------------------------------------------- the families
 
-FAMILIES = ["qwen2_5_omni", "qwen3_omni", "af3", "voxtral", "gemma3n"]
+# Every family whose tiny checkpoint is a model folder, as the family registry lists them: a new family's
+# file and tiny builder bring it into every test below.
+FAMILIES = tiny.folder_families()
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """checkpoint(arch): the folder of its tiny checkpoint, built once per module."""
-    from monitor.testing.tiny_families import NEEDS_MISTRAL_COMMON
     from monitor.testing.tiny_model import main
 
     built: dict[str, Path] = {}
 
     def checkpoint(arch: str) -> Path:
-        if arch in NEEDS_MISTRAL_COMMON:  # a dev dependency: CI has it
-            need(importlib.util.find_spec("mistral_common") is not None, "mistral_common (the [dev] extra)")
+        package = families.named(arch).tokenizer_package
+        if package is not None:  # mistral_common for Voxtral: a dev dependency, CI has it
+            need(importlib.util.find_spec(package.module) is not None, f"{package.module} (the [dev] extra)")
         if arch not in built:
             out = tmp_path_factory.mktemp(f"tiny-{arch}")
             assert main([str(out), "--arch", arch]) == 0
@@ -230,6 +235,8 @@ def family(request, loaded) -> tuple[str, Engine, list[str]]:
 
 @pytest.fixture(scope="module")
 def gemma(loaded) -> tuple[str, Engine, list[str]]:
+    if "gemma3n" not in FAMILIES:  # its family file and tiny builder are what make it a family here
+        pytest.skip("no gemma3n family in monitor.engine.families")
     return loaded("gemma3n")
 
 
@@ -251,6 +258,13 @@ def test_family_is_loaded_from_its_config_and_scored_packed(family):
     # the engine finds it at load and gives each window its own forward.
     assert engine.batch_windows == (arch != "qwen3_omni"), lines
     assert any(": packed (largest difference from the plain forward" in line for line in lines)
+
+
+def test_family_is_found_from_its_checkpoints_config(family):
+    from transformers import AutoConfig
+
+    arch, engine, _ = family
+    assert families.of(AutoConfig.from_pretrained(engine.settings.path)) is families.named(arch) is engine.family
 
 
 @pytest.mark.parametrize("window", list(WINDOWS))
@@ -285,11 +299,61 @@ def test_family_scores_a_batch_of_windows_of_different_lengths_as_each_alone(fam
             assert abs(score - want[0]) < 1e-4 and abs(mass - want[1]) < 1e-4, (arch, prompt)
 
 
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_a_family_is_one_file_and_its_builder_found_without_a_list(tmp_path, monkeypatch):
+    """A module defining FAMILY in monitor.engine.families, and the builder it names in monitor.testing.tiny."""
+    from monitor.testing.tiny_model import main
+
+    (tmp_path / "families").mkdir()
+    (tmp_path / "families" / "newfam.py").write_text(
+        "from monitor.engine.families import Family\n"
+        "FAMILY = Family(name='newfam', title='New', model_types=('newfam_audio',), tiny='newfam')\n")
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "newfam.py").write_text(
+        "SIZES = {'tiny': {}}\n\n\ndef build(out_dir, size='tiny', seed=0, dtype='float32'):\n"
+        "    raise NotImplementedError\n")
+    monkeypatch.setattr(families, "__path__", [*families.__path__, str(tmp_path / "families")])
+    monkeypatch.setattr(tiny, "__path__", [*tiny.__path__, str(tmp_path / "tiny")])
+    families.registry.cache_clear()
+    try:
+        new = families.named("newfam")
+        assert families.of(SimpleNamespace(model_type="newfam_audio")) is new
+        assert "newfam" in tiny.folder_families() and tiny.sizes("newfam") == ("tiny",)
+        with pytest.raises(SystemExit):  # the command line offers it, with the sizes its builder has
+            main([str(tmp_path / "out"), "--arch", "newfam", "--size", "small"])
+        with pytest.raises(NotImplementedError):
+            main([str(tmp_path / "out"), "--arch", "newfam"])
+    finally:
+        monkeypatch.undo()
+        families.registry.cache_clear()
+        families.generic.cache_clear()
+        for name in ("monitor.engine.families.newfam", "monitor.testing.tiny.newfam"):
+            sys.modules.pop(name, None)
+    assert "newfam" not in [f.name for f in families.registry()]
+
+
+def test_a_model_of_no_known_family_is_probed_and_answers_as_its_own_family_would(engine):
+    generic = families.of(SimpleNamespace(model_type="no_such_model"))
+    assert generic.generic and generic.positions is None and generic.crop_encoder is None
+    assert set(generic.frame_masks) >= {mask for family in families.registry() for mask in family.frame_masks}
+    unknown = Engine(engine.model, engine.processor, engine.settings, engine.placement, generic)
+    assert engine.family.name == "qwen2_audio" and unknown.family is generic
+    chosen = ("scoring_path", "encoder_path", "batch_windows", "_fast_features")
+    assert [getattr(unknown, c) for c in chosen] == [getattr(engine, c) for c in chosen] == ["packed", "cropped", True,
+                                                                                            True]
+    assert unknown.positions.name == engine.positions.name == "1-D"
+    got, want = unknown.score(WINDOWS["3.7s tone"], QUESTIONS), engine.score(WINDOWS["3.7s tone"], QUESTIONS)
+    assert all(abs(a - b) < 1e-6 for q in QUESTIONS for a, b in zip(got[q], want[q], strict=True))
+
+
 def test_a_full_omni_checkpoint_is_loaded_as_its_thinker_without_the_talker(tmp_path):
     """Qwen/Qwen2.5-Omni-7B ships thinker and talker in one checkpoint: the engine answers with the thinker."""
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
-    from monitor.testing.tiny_families import qwen2_5_omni, save_omni_processor
+    from monitor.testing.tiny.omni import save_processor as save_omni_processor
+    from monitor.testing.tiny.qwen2_5_omni import make as qwen2_5_omni
 
     torch.manual_seed(0)
     thinker, processor = qwen2_5_omni("tiny")
@@ -374,7 +438,8 @@ OMNI_LOAD = """
 import importlib.util, json, sys
 if importlib.util.find_spec("torchvision") is not None:
     sys.modules["torchvision"] = None  # loaded as on a machine without it
-from monitor.engine.loading import Placement, load_model
+from monitor.engine.local.loading import load_model
+from monitor.engine.placement import Placement
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import RATE, noise
 loaded = {}
@@ -447,8 +512,8 @@ def test_voxtral_lays_out_its_prompt_as_mistral_common_does(loaded):
 
 
 def test_voxtral_without_mistral_common_fails_in_one_line(checkpoints, monkeypatch):
-    from monitor.engine import loading
-    from monitor.engine.loading import ModelLoadError
+    from monitor.engine.errors import ModelLoadError
+    from monitor.engine.local import loading
 
     folder = checkpoints("voxtral")
     real = loading._installed
@@ -464,7 +529,7 @@ def test_voxtral_without_mistral_common_fails_in_one_line(checkpoints, monkeypat
 
 def test_gemma3n_packing_follows_its_sliding_window(gemma):
     """The tiny Gemma's 32-token window is far shorter than a prompt: window-blind packing would be wrong."""
-    from monitor.engine.selfcheck import packed_scoring
+    from monitor.engine.local.selfcheck import packed_scoring
 
     _, engine, lines = gemma
     assert engine.sliding_window == 32
@@ -523,7 +588,7 @@ def test_gemma3n_checkpoint_with_vision_weights_loads_without_them_and_answers(g
     """The published checkpoint holds the vision tower's weights: they are left unread, quietly."""
     from safetensors.torch import load_file, save_file
 
-    from monitor.engine.audio_only import AbsentVisionTower
+    from monitor.engine.local.audio_only import AbsentVisionTower
 
     _, engine, _ = gemma
     shutil.copytree(Path(engine.settings.path), tmp_path, dirs_exist_ok=True)

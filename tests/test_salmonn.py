@@ -16,8 +16,8 @@ import torch
 
 from monitor.engine.api import Question, Request
 from monitor.engine.backends import load_backend
-from monitor.engine.engine import ModelLoadError
-from monitor.engine.salmonn.engine import SalmonnEngine
+from monitor.engine.errors import ModelLoadError
+from monitor.engine.local.engine import Engine
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import make_window, noise, tone
 
@@ -43,9 +43,9 @@ def settings_for(folder: Path, **changes) -> ModelSettings:
 
 
 @pytest.fixture(scope="module")
-def engine(salmonn_dir) -> SalmonnEngine:
+def engine(salmonn_dir) -> Engine:
     backend = load_backend(settings_for(salmonn_dir))
-    assert isinstance(backend, SalmonnEngine)
+    assert isinstance(backend, Engine) and backend.family.name == "salmonn"  # the local engine, SALMONN its family
     return backend
 
 
@@ -71,7 +71,7 @@ def test_the_tiny_checkpoint_uses_exactly_the_released_key_names(salmonn_dir, en
         seen.setdefault(pattern.pattern, set()).update(int(g) for g in match.groups())
     assert len(seen) == len(patterns), "every released pattern is present"
     llm_layers = engine.model.config.num_hidden_layers
-    beats_layers = engine.audio.beats.cfg.encoder_layers
+    beats_layers = engine.processor.audio.beats.cfg.encoder_layers
     for pattern, indices in seen.items():
         if "llama_model" in pattern:
             assert indices == set(range(llm_layers)), pattern
@@ -83,7 +83,7 @@ WINDOWS = {"0.5s noise": noise(0.5, seed=1), "3.7s tone": tone(3.7, 523.0), "30s
            noise(30.0, 0.1, seed=3) + tone(30.0, 200.0, 0.2)}
 
 
-def reference_scores(engine: SalmonnEngine, audio: np.ndarray, prompt: str) -> tuple[float, float]:
+def reference_scores(engine: Engine, audio: np.ndarray, prompt: str) -> tuple[float, float]:
     """SALMONN's prompt built by hand: BOS, "USER: <Speech>", 88 speech embeddings, the rest; one full forward."""
     tokenizer, llm = engine.tokenizer, engine.model
     audio = np.concatenate([audio, np.zeros(max(0, 16000 - len(audio)), np.float32)])  # SALMONN pads to 1 s
@@ -92,7 +92,7 @@ def reference_scores(engine: SalmonnEngine, audio: np.ndarray, prompt: str) -> t
     bos = torch.tensor([[tokenizer.bos_token_id]])
     embed = llm.get_input_embeddings()
     with torch.no_grad():
-        speech = engine.audio([audio])
+        speech = engine.processor.audio([audio])
         logits = llm(inputs_embeds=torch.cat([embed(bos), embed(left), speech, embed(right)], 1)).logits[0, -1].double()
     probs = torch.softmax(logits, -1)
     words = {i: tokenizer.convert_tokens_to_string([t]).strip().lower() for t, i in tokenizer.get_vocab().items()}
@@ -113,10 +113,10 @@ def test_packed_scores_equal_the_plain_forward_of_each_question(engine, name):
 
 
 def test_every_clip_from_half_a_second_to_30_gives_88_speech_tokens_that_depend_on_the_audio(engine):
-    clips = [engine._fit(noise(s, 0.1, seed=int(s * 10))) for s in (0.5, 1.0, 7.3, 30.0)]
+    clips = [engine.fit(noise(s, 0.1, seed=int(s * 10))) for s in (0.5, 1.0, 7.3, 30.0)]
     with torch.no_grad():
-        speech = engine.audio(clips)
-        alone = engine.audio(clips[2:3])
+        speech = engine.processor.audio(clips)
+        alone = engine.processor.audio(clips[2:3])
     assert speech.shape == (4, 88, engine.model.config.hidden_size)
     assert float((speech[2] - alone[0]).abs().max()) < 1e-5, "a clip's tokens do not depend on the batch"
     assert float((speech[0] - speech[1]).abs().max()) > 1e-3
@@ -143,7 +143,7 @@ def test_text_answers_are_greedy_and_equal_alone_and_batched(engine):
     tokenizer, llm = engine.tokenizer, engine.model
     tokens: list[int] = []
     with torch.no_grad():
-        inputs = engine._plain_inputs(engine._fit(a), "What is being said?")["inputs_embeds"]
+        inputs = engine._plain_inputs(engine.fit(a), "What is being said?")["inputs_embeds"]
         for _ in range(6):
             token = int(llm(inputs_embeds=inputs).logits[0, -1].argmax())
             tokens.append(token)

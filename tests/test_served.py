@@ -28,7 +28,7 @@ import pytest
 import soundfile as sf
 
 from monitor.engine.api import Question, Request, TextTask
-from monitor.engine.loading import ModelLoadError
+from monitor.engine.errors import ModelLoadError
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import make_window, noise, tone
 from tests.conftest import REPO, free_port
@@ -87,7 +87,7 @@ def vllm(vllm_launch) -> VllmServer:
 
 @pytest.fixture(scope="session")
 def local_engine(served_model_dir):
-    from monitor.engine.engine import Engine
+    from monitor.engine.local.engine import Engine
 
     return Engine.load(ModelSettings(path=served_model_dir, device="cpu", dtype="float32"))
 
@@ -317,7 +317,7 @@ def test_https_with_a_ca_of_ones_own(tmp_path):
 
 
 def test_served_answer_tokens_are_the_local_tokenizers(served, local_engine):
-    from monitor.engine.prompts import yes_no_token_ids
+    from monitor.engine.local.answers import yes_no_token_ids
 
     yes, no = yes_no_token_ids(local_engine.tokenizer)
     assert sorted(served.yes_ids) == yes and sorted(served.no_ids) == no

@@ -10,12 +10,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from monitor.testing.tiny_model import (
-    SIZES,
-    build_tokenizer,
-    count_parameters,
-    make_config,
-)
+from monitor.engine import families
+from monitor.testing import tiny
+from monitor.testing.tiny.common import build_tokenizer
+from monitor.testing.tiny.qwen2_audio import SIZES, count_parameters, make_config
 
 QUESTION = "Is a baby or an infant crying in this recording?"
 
@@ -101,3 +99,15 @@ def test_command_line_builds_a_loadable_checkpoint(tmp_path):
     from transformers import AutoProcessor
 
     assert AutoProcessor.from_pretrained(out).chat_template
+
+
+@pytest.mark.parametrize("arch", list(tiny.builders()))
+def test_every_family_names_a_tiny_builder_that_the_command_line_offers(arch, capsys):
+    from monitor.testing.tiny_model import main
+
+    builder = tiny.builders()[arch]
+    assert builder.__name__ == f"monitor.testing.tiny.{families.named(arch).tiny}"
+    assert "tiny" in builder.SIZES and callable(builder.build)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert arch in capsys.readouterr().out

@@ -106,7 +106,7 @@ class VllmServer:
 
 
 def build_served_model(out: Path) -> Path:
-    from monitor.testing.tiny_model import build
+    from monitor.testing.tiny.qwen2_audio import build
 
     return build(out, size="served")
 

@@ -5,8 +5,12 @@ gates and schedules already applied). A `Result` carries the answers, or the err
 stopped them, attached to the window it belongs to. Both carry the source (room) they belong
 to, so that one engine can answer the windows of several rooms together.
 
-A `Backend` is the only thing the engine thread calls: the local transformers engine, a model
-served elsewhere, or SALMONN, chosen by `model.backend` (see `monitor.engine.backends`).
+Both are frozen: a Result is made in the engine thread and read in others (rules, sinks), so
+nobody changes one after it is made (`dataclasses.replace` makes an amended copy).
+
+A `Backend` is the only thing the engine thread calls: the local engine (transformers, or
+SALMONN's own model), or a model served elsewhere, chosen by `model.backend` (see
+`monitor.engine.backends`).
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class Transcript:
     end: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
     window: Window
     scores: dict[str, Score] = field(default_factory=dict)

@@ -2,7 +2,9 @@
 
 Each entry loads a `Backend` from the `model:` settings, importing its heavy parts (torch,
 transformers, an HTTP client) only then. A new way of running a model is one entry here; the
-worker, the pipeline and the daemon do not change.
+worker, the pipeline and the daemon do not change. A new model *family* is not a backend: it is
+a file of `monitor.engine.families`, run by the local backend (`salmonn` is such a family, named
+by `model.backend` because no checkpoint config names it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ Loader = Callable[[ModelSettings], Backend]
 
 
 def _local(settings: ModelSettings) -> Backend:
-    from monitor.engine.engine import Engine
+    from monitor.engine.local.engine import Engine
 
     return Engine.load(settings)
 
@@ -28,9 +30,10 @@ def _openai(settings: ModelSettings) -> Backend:
 
 
 def _salmonn(settings: ModelSettings) -> Backend:
-    from monitor.engine.salmonn.engine import SalmonnEngine
+    from monitor.engine.families import named
+    from monitor.engine.local.engine import Engine
 
-    return SalmonnEngine.load(settings)
+    return Engine.load(settings, family=named("salmonn"))
 
 
 BACKENDS: dict[str, Loader] = {"local": _local, "openai": _openai, "salmonn": _salmonn}

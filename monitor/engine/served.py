@@ -29,7 +29,6 @@ waits on it and answers resume by themselves when it is back.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import itertools
 import logging
 import math
 import re
@@ -41,30 +40,26 @@ from typing import Any
 import numpy as np
 
 from monitor.engine.api import Request, Result, Score, Transcript
-from monitor.engine.loading import ModelLoadError
+from monitor.engine.errors import ModelLoadError, first_line
 from monitor.engine.served_client import ServedClient, ServerError
+from monitor.engine.served_start import LOAD_TIMEOUT, WORDS, answer_ids, check_served
 from monitor.engine.settings import ModelSettings
-from monitor.engine.wav import wav_base64
+from monitor.engine.wav import fit, wav_base64
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000  # what Qwen2-Audio's feature extractor takes; silence for calibration is made at it
-LOAD_TIMEOUT = 120.0  # seconds per request at start: a fresh vLLM warms up on its first requests
 PROBE_QUESTION = "Answer yes or no."
 PROBE_SECONDS = 1.0
 TOP_K_ASK = 100  # fallback: the most top answers asked for; a server allowing fewer says how many
 RENORMALISED = 1e-3  # exact mode: the allowed tokens' probabilities must sum to 1 within this
-WORDS = ("yes", "no")
-# What may come before the word inside one token and still read as the bare word once stripped
-# (the local engine's rule: the token's text, stripped and lower-cased, is "yes" or "no").
-PREFIXES = ("", " ", "\t", "\u00a0", "\u3000")
 TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
 MAX_ALLOWED = re.compile(r"max allowed: (\d+)")
 
 
-def casings(word: str) -> list[str]:
-    """Every upper/lower-case spelling of a word: yes, yeS, ..., YES."""
-    return sorted({"".join(chars) for chars in itertools.product(*[(c.lower(), c.upper()) for c in word])})
+def _wav(audio: np.ndarray, sample_rate: int) -> str:
+    """Audio as the server gets it: fitted as the local engine fits it (30 s at most, 0.1 s at least), float WAV."""
+    return wav_base64(fit(audio, sample_rate), sample_rate)
 
 
 def _logsumexp(values: Sequence[float]) -> float:
@@ -121,8 +116,8 @@ class ServedModel:
         client = ServedClient(settings)
         pool = cf.ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="served-load")
         try:
-            _check_served(client, settings)
-            ids = _answer_ids(client, settings, pool)
+            check_served(client, settings)
+            ids = answer_ids(client, settings, pool)
             model = cls(settings, client, *(ids or ([], [])), Scoring("top", TOP_K_ASK, False))
             model.scoring = model._probe(has_ids=ids is not None)
         except ServerError as exc:  # an answer the probes did not expect
@@ -147,7 +142,7 @@ class ServedModel:
 
     def _probe(self, has_ids: bool) -> Scoring:
         """Exact scoring where the server allows it, else the largest top-K it allows."""
-        audio = wav_base64(np.zeros(int(PROBE_SECONDS * SAMPLE_RATE), dtype=np.float32), SAMPLE_RATE)
+        audio = _wav(np.zeros(int(PROBE_SECONDS * SAMPLE_RATE), dtype=np.float32), SAMPLE_RATE)
         if has_ids:
             exact = Scoring("exact", len(self.allowed), True)
             try:
@@ -320,7 +315,7 @@ class ServedModel:
         asking = [p for p in missing if p not in self._baseline_jobs]
         if asking:
             length = self.calibration_seconds or 8.0
-            silence = wav_base64(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
+            silence = _wav(np.zeros(int(round(length * SAMPLE_RATE)), dtype=np.float32), SAMPLE_RATE)
             for p in asking:
                 self._baseline_jobs[p] = self.pool.submit(self._score_one, silence, p, deadline)
         return {p: self._baseline_jobs[p] for p in missing}
@@ -363,13 +358,13 @@ class ServedModel:
             window = request.window
             scores: dict[str, cf.Future] = {}
             if request.questions:
-                audio = wav_base64(window.audio, window.sample_rate)  # once per window: shared by its questions
+                audio = _wav(window.audio, window.sample_rate)  # once per window: shared by its questions
                 for prompt in dict.fromkeys(q.prompt for q in request.questions):
                     scores[prompt] = self.pool.submit(self._score_one, audio, prompt, deadline)
             texts: list[tuple[str, int, int, cf.Future]] = []
             for task, start, end in request.text_segments():
                 budget = max(1, min(int(task.max_new_tokens), self.settings.max_new_tokens))
-                clip = wav_base64(window.segment(start, end), window.sample_rate)
+                clip = _wav(window.segment(start, end), window.sample_rate)
                 texts.append((task.key, start, end, self.pool.submit(self._text_one, clip, task.prompt, budget, deadline)))
             jobs.append((scores, texts))
         everything = list(baselines.values()) + [f for scores, texts in jobs for f in
@@ -414,10 +409,7 @@ class ServedModel:
 
     def _failed(self, exc: BaseException, window: Any) -> str:
         self.failures += 1
-        first = str(exc).strip().splitlines()
-        text = first[0] if first else type(exc).__name__
-        error = f"{text} (window {window.seq} skipped)" if isinstance(exc, ServerError) else \
-            f"{type(exc).__name__}: {text} (window {window.seq} skipped)"
+        error = f"{first_line(exc, with_type=not isinstance(exc, ServerError))} (window {window.seq} skipped)"
         if self.failures in (1, 2, 3) or self.failures % 100 == 0:  # a long outage must not flood the journal
             log.error("engine: %s [failure %d]", error, self.failures)
         return error
@@ -429,53 +421,3 @@ def _top_logprobs(answer: Any) -> list[dict[str, Any]]:
     except (KeyError, IndexError, TypeError):
         raise ServerError("the server answered a yes/no question without logprobs", server=False) from None
     return [e for e in entries or [] if isinstance(e, dict)]
-
-
-def _check_served(client: ServedClient, settings: ModelSettings) -> None:
-    """The server answers and serves `model.name`; else one line saying which is wrong."""
-    try:
-        listing = client.get("/v1/models", timeout=max(settings.timeout, 10.0), guard=False)
-    except ServerError as exc:
-        if exc.status in (401, 403):
-            raise ModelLoadError(f"model.url {client.where} refused the API key ({exc}): check model.api_key_file / "
-                                 "model.api_key_env against the server's --api-key") from None
-        if "CERTIFICATE" in str(exc).upper():
-            raise ModelLoadError(f"model.url: {exc}; set model.ca_file to the CA that signed the server's "
-                                 "certificate") from None
-        raise ModelLoadError(f"model.url: {exc}; start the model server (docs/served.md) or fix model.url") from None
-    data = listing.get("data") if isinstance(listing, dict) else None
-    names = sorted(str(m.get("id")) for m in data or [] if isinstance(m, dict))
-    if settings.name not in names:
-        raise ModelLoadError(f"model.name {settings.name} is not served at {client.where}, which serves "
-                             f"{', '.join(names) or 'no model'}: set model.name to one of them")
-
-
-def _answer_ids(client: ServedClient, settings: ModelSettings,
-                pool: cf.ThreadPoolExecutor) -> tuple[list[int], list[int]] | None:
-    """The yes and no token ids of the served tokenizer, or None when the server has no /tokenize.
-
-    Every spelling of the words (casing, a leading space or other blank) is tokenized; those that
-    are one token are the answer tokens, as `prompts.yes_no_token_ids` finds them in a local vocabulary.
-    """
-    candidates = [(word, prefix + spelling) for word in WORDS for spelling in casings(word) for prefix in PREFIXES]
-
-    def tokens(text: str) -> list[int]:
-        body = {"model": settings.name, "prompt": text, "add_special_tokens": False}
-        return list(client.post("/tokenize", body, timeout=LOAD_TIMEOUT, guard=False).get("tokens") or [])
-
-    try:
-        found = list(pool.map(tokens, [text for _, text in candidates]))
-    except ServerError as exc:
-        if exc.status in (404, 405):
-            log.info("model server %s has no /tokenize (not vLLM?): yes/no answers are matched by their text",
-                     client.where)
-            return None
-        raise ModelLoadError(f"model.url {client.where}: cannot tokenize the answers ({exc})") from None
-    ids: dict[str, set[int]] = {word: set() for word in WORDS}
-    for (word, _), got in zip(candidates, found, strict=True):
-        if len(got) == 1:
-            ids[word].add(int(got[0]))
-    if not ids["yes"] or not ids["no"] or ids["yes"] & ids["no"]:
-        raise ModelLoadError(f"model.name {settings.name} at {client.where} has no single-token Yes/No answers: "
-                             "yes/no questions cannot be scored with it")
-    return sorted(ids["yes"]), sorted(ids["no"])

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from monitor.audio.redact import redact_url, scrub
-from monitor.engine.loading import ModelLoadError
+from monitor.engine.errors import ModelLoadError, first_line
 from monitor.engine.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,6 @@ class ServerError(Exception):
 
 class Unavailable(ServerError):
     """Not sent: the server failed recently and the backoff pause is not over."""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def read_api_key(settings: ModelSettings) -> str | None:
@@ -79,7 +74,7 @@ def _verify(settings: ModelSettings) -> ssl.SSLContext | bool:
     try:
         return ssl.create_default_context(cafile=str(settings.ca_file))
     except (OSError, ssl.SSLError) as exc:
-        raise ModelLoadError(f"model.ca_file {settings.ca_file}: cannot load it ({_first_line(exc)}); "
+        raise ModelLoadError(f"model.ca_file {settings.ca_file}: cannot load it ({first_line(exc)}); "
                              "give the PEM certificate of the CA that signed the server's certificate") from None
 
 
@@ -185,7 +180,7 @@ class ServedClient:
         except httpx.TimeoutException:
             error = ServerError(f"no answer from {self.where} within {wait:g}s", server=True)
         except httpx.TransportError as exc:
-            error = ServerError(f"cannot reach {self.where} ({_first_line(exc)})", server=True)
+            error = ServerError(f"cannot reach {self.where} ({first_line(exc)})", server=True)
         else:
             if response.status_code < 400:
                 try:

@@ -1,9 +1,11 @@
-"""A window's audio as the base64 WAV an OpenAI-compatible server takes, without torch.
+"""A window's audio as the models take it: fitted to what they hear, and as a float WAV file, without torch.
 
-The samples are sent as 32-bit float WAV, not 16-bit PCM: the served model must hear exactly the
-samples the local engine would, or the two backends' scores drift apart by the quantisation.
-The audio is fitted the way the local engine fits it: cut to the 30 s the model can hear (a
-server cuts longer audio silently), and padded to 0.1 s (a server refuses very short audio).
+Every backend fits audio the same way (`fit`): mono float32, cut to the 30 s the model hears (a
+server cuts longer audio silently, the processor would cut it too), and zero-padded to a
+shortest length (a server refuses very short audio; an encoder needs a few frames; SALMONN pads
+to one second). Samples go out as 32-bit float WAV (`wav_base64`), not 16-bit PCM: a served model,
+or a processor that takes audio only as a file (Voxtral's), must hear exactly the samples the local
+engine would, or the scores drift apart by the quantisation.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ import io
 
 import numpy as np
 
-MAX_SECONDS = 30.0  # what Qwen2-Audio's encoder hears; the local engine cuts here too
-MIN_SECONDS = 0.1  # shorter clips are zero-padded, as the local engine does
+MAX_SECONDS = 30.0  # what Qwen2-Audio's encoder hears
+MIN_SECONDS = 0.1  # shorter clips are zero-padded: the encoder needs a few frames to emit 2+ audio tokens
 
 
-def fit(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono float32, at most 30 s, at least 0.1 s (zero-padded)."""
+def fit(audio: np.ndarray, sample_rate: int, longest: int | None = None, shortest: float = MIN_SECONDS) -> np.ndarray:
+    """Mono float32, at most `longest` samples (default 30 s), at least `shortest` seconds (zero-padded)."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    longest = int(MAX_SECONDS * sample_rate)
+    longest = int(MAX_SECONDS * sample_rate) if longest is None else longest
     if len(audio) > longest:
         audio = audio[:longest]
-    shortest = int(MIN_SECONDS * sample_rate)
-    if len(audio) < shortest:
-        audio = np.concatenate([audio, np.zeros(shortest - len(audio), dtype=np.float32)])
+    minimum = int(shortest * sample_rate)
+    if len(audio) < minimum:
+        audio = np.concatenate([audio, np.zeros(minimum - len(audio), dtype=np.float32)])
     return audio
 
 
@@ -39,5 +41,5 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
 
 
 def wav_base64(audio: np.ndarray, sample_rate: int) -> str:
-    """`fit` audio as a base64 WAV, the `data` of an `input_audio` message part."""
-    return base64.b64encode(wav_bytes(fit(audio, sample_rate), sample_rate)).decode("ascii")
+    """The samples as a base64 float WAV file (an `input_audio` message part's `data`; a processor's `base64` audio)."""
+    return base64.b64encode(wav_bytes(audio, sample_rate)).decode("ascii")

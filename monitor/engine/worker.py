@@ -23,6 +23,7 @@ Importing this module does not import torch; the model is loaded inside the thre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from monitor.engine.api import Request, Result
+from monitor.engine.errors import ModelLoadError, first_line
 from monitor.engine.settings import ModelSettings
 from monitor.modelhealth import Streak
 
@@ -252,13 +254,10 @@ class EngineWorker:
         try:
             engine = self._load()
         except Exception as exc:  # noqa: BLE001 - reported as one line through load_error
-            from monitor.engine.loading import ModelLoadError
-
             if isinstance(exc, ModelLoadError):
                 self.load_error = str(exc)
             else:
-                text = str(exc).strip().splitlines()
-                self.load_error = f"model could not be loaded: {type(exc).__name__}: {text[0] if text else ''}"
+                self.load_error = f"model could not be loaded: {first_line(exc)}"
                 log.debug("model load failed", exc_info=True)
             log.error("%s", self.load_error)
             with self._cond:
@@ -325,10 +324,8 @@ class EngineWorker:
 
     def _run_batch(self, engine: Backend, batch: list[Request]) -> None:
         started = time.perf_counter()
-        results = self._answer(engine, batch)
-        for request, result in zip(batch, results, strict=True):
-            result.generation = request.generation
-            result.source = request.source
+        results = [dataclasses.replace(result, generation=request.generation, source=request.source)
+                   for request, result in zip(batch, self._answer(engine, batch), strict=True)]
         with self._cond:
             self.stats.processed += len(results)
             self.stats.failed += sum(r.error is not None for r in results)

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.engine.loading import ModelLoadError, Placement, _first_line, _offline, is_out_of_memory
+from monitor.engine.errors import ModelLoadError, first_line, is_out_of_memory
+from monitor.engine.hub import offline
+from monitor.engine.placement import Placement
 from monitor.engine.salmonn import checkpoint as released
 from monitor.engine.salmonn.beats import BEATs
 from monitor.engine.salmonn.frontend import SPEECH_TOKENS, SpeechFrontEnd
@@ -95,7 +97,7 @@ def _hub_file(reference: str) -> Path:
     try:
         return Path(hf_hub_download(repo, filename, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: the hub, unless offline
-        if _offline():
+        if offline():
             raise
         return Path(hf_hub_download(repo, filename))
 
@@ -110,7 +112,7 @@ def _part(key: str, source: object, load: Callable[[], T]) -> T:
         if is_out_of_memory(exc):
             raise ModelLoadError(f"not enough memory to load model.salmonn.{key} ({source}): free memory, use a "
                                  "GPU with more memory or model.dtype: bfloat16") from None
-        raise ModelLoadError(f"model.salmonn.{key} {source} could not be loaded ({_first_line(exc)}): "
+        raise ModelLoadError(f"model.salmonn.{key} {source} could not be loaded ({first_line(exc)}): "
                              f"{WHERE[key]}") from None
 
 
@@ -123,7 +125,7 @@ def _pretrained(loader: Callable[..., T], source: str | Path, **kwargs: Any) -> 
     try:
         return loader(source, local_files_only=True, **kwargs)
     except OSError:
-        if _offline():
+        if offline():
             raise
         return loader(source, **kwargs)
 

@@ -7,6 +7,8 @@
 
 Sizes: `tiny` for tests; `small` keeps the 7B's proportions at reduced width (128-wide LLM
 heads, FFN 2.69x, 88 speech tokens, Whisper's 1500 frames) for CPU benchmarks.
+
+    python -m monitor.testing.tiny_model OUT_DIR --arch salmonn [--size small]
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from monitor.testing.tiny.common import corpus
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +70,19 @@ def build_tokenizer(vocab_size: int = 4096) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from monitor.testing.tiny_model import _corpus
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>"],
                                   show_progress=False)
-    tok.train_from_iterator(_corpus() + EXTRA_WORDS * 20, trainer=trainer)
+    tok.train_from_iterator(corpus() + EXTRA_WORDS * 20, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=4096)
 
 
-def build(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def build(out_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
     """Write checkpoint.pth, beats.pt, whisper/ and llm/ of a random SALMONN to `out_dir`."""
     import torch
     from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, WhisperConfig,

@@ -13,19 +13,25 @@ Mask rules: a model with sliding-window layers (Gemma 3n's, Qwen2's with `use_sl
 gets, besides the tree mask of its full layers, a tree narrowed to its window for the sliding
 ones (`sliding_window`; see `packing`).
 
-The family is read off the loaded model (its config decides its class), never from a setting.
-Whatever the family, the load-time check (`selfcheck.packed_scoring`) compares the packed path
-with the plain forward and refuses it where they differ.
+The rule is the model family's (`monitor.engine.families`: "tokens" or "rope_index"); a model of
+no known family gets the 3-D rule where it has a `get_rope_index`. Mask rules are read off the
+loaded model's config, never from a setting. Whatever the family, the load-time check
+(`selfcheck.packed_scoring`) compares the packed path with the plain forward and refuses it where
+they differ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from monitor.engine.packing import Packed
+from monitor.engine.errors import ModelLoadError
+from monitor.engine.local.packing import Packed
+
+if TYPE_CHECKING:
+    from monitor.engine.families import Family
 
 
 class TokenPositions:
@@ -42,8 +48,10 @@ class RopeIndexPositions:
 
     name = "3-D (the model's get_rope_index)"
 
-    def __init__(self, rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                 frame_masks: Sequence[str] = ("feature_attention_mask",)):
         self.rope_index = rope_index
+        self.frame_masks = tuple(frame_masks)
 
     def positions(self, packed: Packed, prefixes: Sequence[int], features: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
         """(3, rows, S): each row's prefix as the model places it, its suffixes continuing from there.
@@ -55,7 +63,7 @@ class RopeIndexPositions:
         out = flat[None].repeat(3, 1, 1)
         for r, (length, feats) in enumerate(zip(prefixes, features, strict=True)):
             ids = packed.input_ids[r:r + 1, :length]
-            mask = feats.get("feature_attention_mask")
+            mask = next((feats[k] for k in self.frame_masks if k in feats), None)
             seqlens = mask.sum(-1) if mask is not None else None
             prefix, _ = self.rope_index(input_ids=ids, attention_mask=torch.ones_like(ids), audio_seqlens=seqlens)
             prefix = prefix[:, 0].to(out.device, out.dtype)
@@ -65,12 +73,16 @@ class RopeIndexPositions:
         return out
 
 
-def position_rule(model: Any) -> TokenPositions | RopeIndexPositions:
-    """The loaded model's position rule: its own 3-D position function where it has one."""
+def position_rule(model: Any, family: Family) -> TokenPositions | RopeIndexPositions:
+    """The loaded model's position rule, as its family names it (a model of no known family: probed)."""
+    if family.positions == "tokens":
+        return TokenPositions()
     for owner in (getattr(model, "model", None), model):
         rope_index = getattr(owner, "get_rope_index", None)
         if callable(rope_index):
-            return RopeIndexPositions(rope_index)
+            return RopeIndexPositions(rope_index, family.frame_masks)
+    if family.positions == "rope_index":
+        raise ModelLoadError(f"{type(model).__name__} has no get_rope_index, which its family's 3-D positions need")
     return TokenPositions()
 
 

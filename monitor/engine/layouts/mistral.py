@@ -11,45 +11,30 @@ own output for a probe clip: the prefix is everything up to and including the au
 question's suffix everything after them; a question whose full prompt is not exactly prefix +
 suffix is flagged, and scored the plain way.
 
-Three ways to build inputs, as for the chat-template layout (see `prompts.PromptLayout`):
+Three ways to build inputs, as for the chat-template layout (see `chat.PromptLayout`):
 - `prefix_fast`: the audio tokens from mistral_common's audio encoder, the features from the
   feature extractor with the processor's own audio settings (what `VoxtralProcessor` does);
 - `prefix_processor`: the processor's `apply_chat_template` itself, cut after the audio — the
   load-time check uses the fast path only where the two are equal;
 - `plain_inputs`: the processor's `apply_chat_template` of the whole prompt (the reference).
 The processor takes audio only as a file, a URL or base64: clips are handed to it as float WAV,
-which keeps every sample exact.
+which keeps every sample exact (`monitor.engine.wav.wav_base64`).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from typing import Any
 
 import numpy as np
 import torch
 
-from monitor.engine.prompts import LayoutError
+from monitor.engine.layouts.base import LayoutError
+from monitor.engine.wav import wav_base64
 
 log = logging.getLogger(__name__)
 
 _PROBE_QUESTION = "Is it?"  # any text: only the part before it (the audio prefix) is kept
-
-
-def uses_mistral_common(tokenizer: Any) -> bool:
-    """Whether a processor's tokenizer is transformers' wrapper around a mistral_common tokenizer."""
-    return type(tokenizer).__name__ == "MistralCommonBackend" or getattr(tokenizer, "backend", None) == "mistral_common"
-
-
-def wav_base64(audio: np.ndarray, sample_rate: int) -> str:
-    """A clip as a base64 float32 WAV file: how the processor takes audio, without rounding a sample."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(audio, dtype=np.float32), sample_rate, format="WAV", subtype="FLOAT")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class MistralLayout:

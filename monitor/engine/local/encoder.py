@@ -44,6 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from monitor.engine.frames import audio_tokens, positions
+
+__all__ = ["CROP_SECONDS", "CroppedEncoder", "Unsupported", "audio_tokens", "crop_positions", "positions"]
+
 log = logging.getLogger(__name__)
 
 # Max |cropped - padded| allowed by the load-time check, relative to the largest |padded| value
@@ -58,16 +62,6 @@ CROP_SECONDS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
 
 class Unsupported(ValueError):
     """The model is not shaped like Qwen2-Audio: the cropped encoder cannot be used."""
-
-
-def positions(frames: int) -> int:
-    """Encoder positions (after conv2, stride 2) made from `frames` valid mel frames."""
-    return (frames - 1) // 2 + 1
-
-
-def audio_tokens(frames: int) -> int:
-    """Audio embeddings the encoder emits for `frames` valid mel frames (conv stride 2, pool 2)."""
-    return (positions(frames) - 2) // 2 + 1
 
 
 def crop_positions(needed: int, full: int, steps: Sequence[int] | None = CROP_SECONDS) -> int:

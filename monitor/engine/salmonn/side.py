@@ -1,11 +1,12 @@
-"""SALMONN behind the same engine as every other local model: only the model's side differs.
+"""SALMONN's side of the local engine: its prompt layout and how a window becomes its inputs.
 
 SALMONN's prompt is `BOS "USER: <Speech>" [88 speech embeddings] "</Speech> {question}\\nASSISTANT:"`,
 the two text halves tokenised separately without special tokens, as the original does. The
 audio comes before the question, so the engine's packed shared-prefix scoring, its batching of
 several rooms' windows, calibration and batched greedy text answers apply unchanged
-(`monitor.engine.engine.Engine`); this subclass says only how a window becomes its prefix: the
-ids, with a placeholder where the speech embeddings go, and the embeddings written there.
+(`monitor.engine.local`); the SALMONN family (`monitor.engine.families.salmonn`) brings only how a
+window becomes its prefix — the ids, with a placeholder where the speech embeddings go — and the
+embeddings written there (`SalmonnInputs`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from monitor.engine.engine import Clip, Engine
-from monitor.engine.loading import Placement
-from monitor.engine.prompts import LayoutError
+from monitor.engine.layouts import Clip, LayoutError
+from monitor.engine.placement import Placement
 from monitor.engine.salmonn.frontend import SPEECH_TOKENS
-from monitor.engine.salmonn.model import SalmonnParts, load_parts
+from monitor.engine.salmonn.model import SalmonnAudio, load_parts
 from monitor.engine.settings import ModelSettings
 
 PROMPT_LEFT = "USER: <Speech>"
@@ -30,10 +30,18 @@ PROMPT_RIGHT = "</Speech> {question}\nASSISTANT:"
 
 @dataclass
 class SalmonnProcessor:
-    """What the engine reads of a processor: the tokenizer and the (Whisper) feature extractor."""
+    """What the engine reads of a processor — the tokenizer and the (Whisper) feature extractor — and the
+    audio encoders that make the speech embeddings (Whisper, BEATs, the front end)."""
 
     tokenizer: Any
     feature_extractor: Any
+    audio: SalmonnAudio
+
+
+def load(settings: ModelSettings, placement: Placement) -> tuple[Any, SalmonnProcessor]:
+    """(Vicuna with its LoRA merged, the rest of SALMONN), every part loaded from `model.salmonn`."""
+    parts = load_parts(settings, placement)
+    return parts.llm, SalmonnProcessor(parts.tokenizer, parts.audio.features, parts.audio)
 
 
 class SalmonnLayout:
@@ -65,48 +73,30 @@ class SalmonnLayout:
         return [self.bos, *self.left] + [self.placeholder] * audio_tokens
 
 
-class SalmonnEngine(Engine):
-    """The engine over a loaded SALMONN (`SalmonnParts`): Vicuna is the engine's model."""
+class SalmonnInputs:
+    """A window as SALMONN's inputs: its speech embeddings written into Vicuna's text embeddings."""
 
     min_seconds = 1.0  # SALMONN pads shorter clips to one second
 
-    def __init__(self, parts: SalmonnParts, settings: ModelSettings, placement: Placement):
-        self.audio = parts.audio
-        self._name = parts.name
-        super().__init__(parts.llm, SalmonnProcessor(parts.tokenizer, parts.audio.features), settings, placement)
-        if self._pad_id == self.layout.bos:
-            self._pad_id = self.layout.placeholder  # BOS marks where a left-padded row's prompt starts
+    def __init__(self, model: Any, processor: SalmonnProcessor, layout: SalmonnLayout, device: torch.device):
+        self.model = model
+        self.audio = processor.audio
+        self.layout = layout
+        self.device = device
 
-    @classmethod
-    def _from_settings(cls, settings: ModelSettings, placement: Placement) -> SalmonnEngine:
-        return cls(load_parts(settings, placement), settings, placement)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def _prompt_layout(self) -> SalmonnLayout:  # type: ignore[override]
-        return SalmonnLayout(self.tokenizer)
-
-    def _fast_prefix(self) -> bool:
-        return True  # SALMONN has no processor: its prefix is always built here
-
-    def _cropped_encoder(self) -> None:
-        return None  # Whisper hears 30 s, as SALMONN was trained; see SalmonnAudio
-
-    # ------------------------------------------------------------------ the model's side of the prompt
-
-    def _clip(self, audio: np.ndarray) -> Clip:
+    def clip(self, audio: np.ndarray, fast: bool) -> Clip:
+        """The prefix with a placeholder per speech token, and the waveform (SALMONN has no processor: always `fast`)."""
         return Clip(self.layout.expand_prefix(SPEECH_TOKENS), {"audio": torch.from_numpy(audio)}, len(audio))
 
     def _speech(self, clips: Sequence[Clip]) -> torch.Tensor:
         return self.audio([c.features["audio"].numpy() for c in clips])
 
-    def _model_inputs(self, input_ids: torch.Tensor, clips: Sequence[Clip], keep_ids: bool = False) -> dict[str, Any]:
+    def model_inputs(self, input_ids: torch.Tensor, clips: Sequence[Clip], encoder: Any,
+                     keep_ids: bool = False) -> dict[str, Any]:
         """Text embeddings with each row's speech embeddings written after its BOS and the prompt's left half.
 
         Packed rows start with BOS; left-padded rows (text answers) start with padding, so each
-        row's first BOS says where its prompt begins.
+        row's first BOS says where its prompt begins. (`encoder`: there is no cropped encoder.)
         """
         speech = self._speech(clips)
         embeds = self.model.get_input_embeddings()(input_ids)
@@ -121,11 +111,14 @@ class SalmonnEngine(Engine):
             inputs["input_ids"] = input_ids
         return inputs
 
-    def _plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
+    def plain_inputs(self, audio: np.ndarray, prompt: str) -> dict[str, torch.Tensor]:
         """SALMONN's own way: BOS, left half, speech and right half embedded and concatenated."""
         embed = self.model.get_input_embeddings()
         ids = torch.tensor([[self.layout.bos, *self.layout.left]], device=self.device)
         right = torch.tensor([self.layout.suffix_ids(prompt)], device=self.device)
-        speech = self._speech([self._clip(audio)])
+        speech = self._speech([self.clip(audio, fast=True)])
         return {"inputs_embeds": torch.cat([embed(ids), speech.to(embed.weight.dtype), embed(right)], dim=1)}
 
+    def pad_id(self, default: int) -> int:
+        """Never BOS: it marks where a left-padded row's prompt starts."""
+        return self.layout.placeholder if default == self.layout.bos else default

@@ -147,18 +147,3 @@ def pack(prefix: list[int], suffixes: list[list[int]], device: torch.device | st
          float_mask: torch.dtype | None = None, sliding_window: int | None = None) -> Packed:
     """Lay out one prefix and P suffixes as one row with a tree attention mask."""
     return pack_rows([(prefix, suffixes)], device, float_mask, sliding_window=sliding_window)
-
-
-def yes_no_from_logits(logits: torch.Tensor, yes_ids: torch.Tensor, no_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score, mass) per row of next-token logits.
-
-    score = P(yes variants) / (P(yes variants) + P(no variants)); the softmax normaliser cancels,
-    so it is a sigmoid of the difference of two log-sum-exps. mass = P(yes) + P(no) over the
-    whole vocabulary: how much the model wanted to answer yes/no at all (low = answer in doubt).
-    """
-    logits = logits.float()
-    lse_yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
-    lse_no = torch.logsumexp(logits[:, no_ids], dim=-1)
-    score = torch.sigmoid(lse_yes - lse_no)
-    mass = torch.exp(torch.logaddexp(lse_yes, lse_no) - torch.logsumexp(logits, dim=-1))
-    return score, mass

@@ -1,4 +1,4 @@
-"""Prompt layout: the chat split into a shared audio prefix and a per-question suffix.
+"""The chat-template layout: the chat split into a shared audio prefix and a per-question suffix.
 
 Every question of a window is asked about the same audio. The model's own chat template puts
 the audio before the question text, so the rendered prompt is
@@ -14,7 +14,7 @@ it) is flagged so the engine scores it the plain way instead of getting it subtl
 A layout also builds the model's inputs: the prefix the fast way (`prefix_fast`, checked at
 load against `prefix_processor`) and a whole prompt through the processor (`plain_inputs`, the
 reference). Models whose tokenizer is mistral_common's (Voxtral) have no chat template: their
-layout is `mistral.MistralLayout`, with the same methods.
+layout is `mistral.MistralLayout`, with the same methods (both are `layouts.ProcessorLayout`s).
 """
 
 from __future__ import annotations
@@ -25,15 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from monitor.engine.encoder import audio_tokens
+from monitor.engine.layouts.base import LayoutError
+from monitor.engine.frames import audio_tokens
 
 log = logging.getLogger(__name__)
 
 _SENTINEL = "\ue000QUESTION\ue000"  # a private-use character no prompt contains
-
-
-class LayoutError(ValueError):
-    """The model's chat template cannot be split into an audio prefix and a question suffix."""
 
 
 class PromptLayout:
@@ -117,36 +114,3 @@ class PromptLayout:
         """The model's inputs for one question about one clip, as the processor makes them."""
         return dict(self.processor(text=self.render(prompt), audio=audio,
                                    sampling_rate=self.processor.feature_extractor.sampling_rate, return_tensors="pt"))
-
-
-def _token_text(tokenizer: Any, token: str, index: int) -> str:
-    """What one token reads as (mistral_common's tokenizers have no convert_tokens_to_string: decode its id)."""
-    try:
-        return tokenizer.convert_tokens_to_string([token])
-    except NotImplementedError:
-        return tokenizer.decode([index])
-
-
-def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Ids of every token that reads "yes" or "no" in any casing, with or without a leading space.
-
-    The model may start its answer with "Yes", " yes", "YES", ...; the probability of the answer
-    is the sum over all of them. Special tokens and longer words ("Yesterday", "not") are excluded.
-    """
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    yes: list[int] = []
-    no: list[int] = []
-    for token, index in tokenizer.get_vocab().items():
-        if index in special:
-            continue
-        raw = token.lower()
-        if "yes" not in raw and "no" not in raw:  # cheap filter before decoding ~150k tokens
-            continue
-        text = _token_text(tokenizer, token, index).strip().lower()
-        if text == "yes":
-            yes.append(index)
-        elif text == "no":
-            no.append(index)
-    if not yes or not no:
-        raise LayoutError("the tokenizer has no single-token Yes/No answers; yes/no questions cannot be scored")
-    return sorted(yes), sorted(no)

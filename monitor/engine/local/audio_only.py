@@ -15,8 +15,9 @@ and neither image nor video processor. Text and audio go through that class's ow
 model's inputs are what the full processor makes of them; an image or a video is refused.
 
 The classes are still the checkpoint's own (their names, forward or __call__, weights and
-files); only their construction differs. Chosen from the config's model_type, never from a
-setting, and the same whether torchvision is installed or not.
+files); only their construction differs. Which checkpoints are built this way is their family's
+(`Family.without_vision`, `Family.audio_only_processor`, found from the config's model_type),
+never a setting's, and the same whether torchvision is installed or not.
 """
 
 from __future__ import annotations
@@ -28,12 +29,6 @@ from typing import Any
 
 from torch import nn
 
-# model_type of the checkpoint -> model_type of the vision config whose tower is left out.
-WITHOUT_VISION = {"gemma3n": "gemma3n_vision"}
-# model_type of the checkpoint (a full Omni model or its thinker alone) -> its processor class in transformers,
-# loaded with only the parts of AUDIO_PARTS.
-AUDIO_ONLY_PROCESSORS = {"qwen2_5_omni": "Qwen2_5OmniProcessor", "qwen2_5_omni_thinker": "Qwen2_5OmniProcessor",
-                         "qwen3_omni_moe": "Qwen3OmniMoeProcessor", "qwen3_omni_moe_thinker": "Qwen3OmniMoeProcessor"}
 AUDIO_PARTS = ("feature_extractor", "tokenizer")
 
 
@@ -78,9 +73,9 @@ def without_vision(cls: type, vision_type: str) -> type:
                                        "__qualname__": cls.__qualname__, "_keys_to_ignore_on_load_unexpected": ignored})
 
 
-def audio_only_class(cls: type, config: Any) -> type:
-    """The class to build for `config`: `cls` itself, or `cls` without a vision tower the monitor never uses."""
-    vision_type = WITHOUT_VISION.get(getattr(config, "model_type", ""))
+def audio_only_class(cls: type, vision_type: str | None) -> type:
+    """The class to build: `cls` itself, or (`vision_type`: its vision config's model_type) `cls` without the
+    vision tower the monitor never uses."""
     return without_vision(cls, vision_type) if vision_type is not None else cls
 
 
@@ -119,13 +114,3 @@ def without_images_and_videos(cls: type) -> type:
     return type(cls.__name__, (cls, _AudioPartsOnly), {
         "__init__": __init__, "validate_inputs": validate_inputs, "model_input_names": property(model_input_names),
         "__module__": cls.__module__, "__qualname__": cls.__qualname__})
-
-
-def audio_only_processor(config: Any) -> type | None:
-    """The processor class to load for `config` audio-only, or None where transformers' own choice is kept."""
-    name = AUDIO_ONLY_PROCESSORS.get(getattr(config, "model_type", ""))
-    if name is None:
-        return None
-    import transformers
-
-    return without_images_and_videos(getattr(transformers, name))

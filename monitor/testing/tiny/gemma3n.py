@@ -14,15 +14,20 @@ What makes it a Gemma 3n and not a renamed Qwen, and what the engine must get ri
   real one's is 512 tokens; here 32), layers that reuse an earlier layer's keys and values,
   AltUp, per-layer inputs, sparse activations in its first layer and a final logit soft-cap
   (the real 30 would barely touch this small model's logits; here 3, so it changes answers);
-- it is built without the vision tower (a timm network; see `monitor.engine.audio_only`).
+- it is built without the vision tower (a timm network), as its family loads it
+  (`monitor.engine.families.gemma3n`).
+
+    python -m monitor.testing.tiny_model OUT_DIR --arch gemma3n [--size small]
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from monitor.testing.tiny_model import SAMPLE_RATE, _corpus
+from monitor.engine.families.gemma3n import FAMILY
+from monitor.testing.tiny.common import INIT, SAMPLE_RATE, corpus, write
 
 # Shaped like the chat template of google/gemma-3n-E4B-it: a system turn is folded into the first
 # user turn, the assistant is "model", media items are written where they stand, text is trimmed.
@@ -90,7 +95,7 @@ def build_tokenizer(vocab_size: int = 4096) -> Any:
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]  # byte fallback: any character can be written
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL + byte_tokens,
                                   show_progress=False)
-    tok.train_from_iterator(_corpus() + ["\n\n", "\n"], trainer=trainer)
+    tok.train_from_iterator(corpus() + ["\n\n", "\n"], trainer=trainer)
     model = json.loads(tok.to_str())["model"]
     vocab: dict[str, int] = dict(model["vocab"])
     text = len(vocab)
@@ -116,12 +121,12 @@ def build_processor(tokenizer: Any) -> Any:
                             chat_template=CHAT_TEMPLATE, audio_seq_length=188)
 
 
-def build(size: str, init: float) -> tuple[Any, Any]:
+def make(size: str, init: float = INIT) -> tuple[Any, Any]:
     """(model, processor) of a random-weight Gemma 3n of a size, built without its vision tower."""
     import torch
     from transformers import Gemma3nConfig, Gemma3nForConditionalGeneration, Gemma3nVisionConfig
 
-    from monitor.engine.audio_only import audio_only_class
+    from monitor.engine.local.audio_only import audio_only_class
 
     tokenizer = build_tokenizer()
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in NAMED.items()}
@@ -140,8 +145,13 @@ def build(size: str, init: float) -> tuple[Any, Any]:
                            image_token_id=ids["image_token"], boa_token_id=ids["boa_token"],
                            eoa_token_id=ids["eoa_token"], audio_token_id=ids["audio_token"], initializer_range=init)
     config.architectures = ["Gemma3nForConditionalGeneration"]
-    model = audio_only_class(Gemma3nForConditionalGeneration, config)(config)
+    model = audio_only_class(Gemma3nForConditionalGeneration, FAMILY.without_vision)(config)
     with torch.no_grad():  # AltUp's output scale starts at zero, which would switch the per-layer inputs off
         for layer in model.model.language_model.layers:
             layer.altup.correct_output_scale.normal_(1.0, init)
     return model, build_processor(tokenizer)
+
+
+def build(out_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
+    """Write a random-weight Gemma 3n (without its vision tower's weights) to `out_dir`."""
+    return write(out_dir, "gemma3n", size, seed, lambda size, out: make(size), eos=("<end_of_turn>", "<eos>"))

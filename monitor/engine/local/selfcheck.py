@@ -6,20 +6,27 @@ instead of 30 s of padding, and scoring all of a window's questions in one packe
 shares the audio prefix. Each is used only where it gives this model's own result; otherwise
 the engine takes the model's way, and says so once in the log. So a model family whose
 positions or mask rules the packing does not follow gets right scores, only slower.
+
+The checks use only the scoring core's public face (`Checked`): they ask it for clips and scores,
+and pass the path to try as an argument; they never reach into it or change it while they look.
+The scoring core sets what they decide.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from monitor.engine.encoder import CroppedEncoder
+from monitor.engine.errors import first_line
+from monitor.engine.local.encoder import CroppedEncoder
 
 if TYPE_CHECKING:
-    from monitor.engine.engine import Engine
+    from monitor.engine.families import Family
+    from monitor.engine.layouts import Clip
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,30 @@ PACKING_QUESTIONS = (
 # Max |packed - plain| of a score (a probability) or its yes+no mass: float32 differs only by
 # summation order; bf16/fp16 round every layer's output.
 SCORE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+ONE_FORWARD = 10**9  # the cost of one more forward, in tokens, that keeps any batch of windows in one forward
+
+Scores = list[dict[str, tuple[float, float]]]  # per window: {prompt: (score, mass)}
+
+
+class Checked(Protocol):
+    """What the checks ask of the scoring core (`scorer.Scorer`)."""
+
+    name: str
+    model: Any
+    family: Family
+    layout: Any  # a `layouts.ProcessorLayout` where the fast prefix is checked
+    sample_rate: int
+    dtype: torch.dtype
+    packed: bool
+
+    def fit(self, audio: np.ndarray) -> np.ndarray: ...
+
+    def clip(self, audio: np.ndarray) -> Clip: ...
+
+    def score_windows(self, audios: Sequence[np.ndarray], prompts: Sequence[Sequence[str]], packed: bool | None = None,
+                      overhead: int | None = None) -> Scores: ...
+
+    def score_plain(self, audio: np.ndarray, prompts: Sequence[str]) -> dict[str, tuple[float, float]]: ...
 
 
 def probe(seconds: float, sample_rate: int) -> np.ndarray:
@@ -44,7 +75,7 @@ def probe(seconds: float, sample_rate: int) -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * 330.0 * t) + rng.normal(0.0, 0.05, len(t))).astype(np.float32)
 
 
-def fast_features_agree(engine: Engine) -> bool:
+def fast_features_agree(engine: Checked) -> bool:
     """Whether building the prefix ourselves gives exactly what the processor gives.
 
     The processor re-tokenises the whole prompt and re-checks its inputs on every call;
@@ -55,8 +86,8 @@ def fast_features_agree(engine: Engine) -> bool:
         t = np.arange(int(seconds * engine.sample_rate)) / engine.sample_rate
         audio = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
         try:
-            fast_ids, fast = engine._prefix_fast(audio, extract_on="cpu")  # the processor extracts on the CPU
-            slow_ids, slow = engine._prefix_processor(audio)
+            fast_ids, fast = engine.layout.prefix_fast(audio, extract_on="cpu")  # the processor extracts on the CPU
+            slow_ids, slow = engine.layout.prefix_processor(audio)
         except Exception as exc:  # noqa: BLE001 - any mismatch means: use the processor
             log.info("prefix fast path unavailable for %s (%s); using the processor", engine.name, exc)
             return False
@@ -67,16 +98,22 @@ def fast_features_agree(engine: Engine) -> bool:
     return True
 
 
-def cropped_encoder(engine: Engine) -> CroppedEncoder | None:
+def cropped_encoder(engine: Checked) -> CroppedEncoder | None:
     """The encoder over each window's own frames, if it gives this model's padded encoder's output.
 
     Checked on the loaded model (its weights, dtype, attention kernel and device), on probe
-    windows batched as the engine batches them and each alone. Where it does not agree, or the
-    model is not shaped like Qwen2-Audio, every window keeps the model's own 30-second path.
+    windows batched as the engine batches them and each alone. Where it does not agree, the
+    model is not shaped like Qwen2-Audio, or its family's encoder is never cropped, every window
+    keeps the model's own 30-second path.
     """
+    family = engine.family
+    if family.crop_encoder is False:
+        log.info("audio encoder of %s: the model's own, over the features its processor makes (cropping unavailable: "
+                 "%s's encoder is not Qwen2-Audio's, says its family)", engine.name, family.title)
+        return None
     try:
         encoder = CroppedEncoder(engine.model)
-        clips = [engine._clip(probe(s, engine.sample_rate)) for s in PROBE_SECONDS]
+        clips = [engine.clip(probe(s, engine.sample_rate)) for s in PROBE_SECONDS]
         with torch.inference_mode():
             ok, diff, allowed = encoder.check(torch.cat([c.features["input_features"] for c in clips]),
                                               [c.frames for c in clips])
@@ -94,25 +131,24 @@ def cropped_encoder(engine: Engine) -> CroppedEncoder | None:
     return encoder
 
 
-def packed_scoring(engine: Engine) -> bool:
+def packed_scoring(engine: Checked) -> bool:
     """Whether the packed shared-prefix path gives the plain forward's scores on this model.
 
     Checked on the loaded model (its positions, mask rules, dtype, attention kernel and
     device) with a probe window and two questions; where it differs, or fails, every window's
     questions go through the model as one padded batch of full prompts instead.
     """
-    audio = engine._fit(probe(PACKING_PROBE_SECONDS, engine.sample_rate))
+    audio = engine.fit(probe(PACKING_PROBE_SECONDS, engine.sample_rate))
     questions = [q for q in PACKING_QUESTIONS if engine.layout.suffix_ids(q) is not None]
     if len(questions) < len(PACKING_QUESTIONS):
         log.info("yes/no scoring of %s: batched (the probe questions do not split on the audio prefix)", engine.name)
         return False
     try:
         with torch.inference_mode():
-            packed = engine._score_packed([audio], [questions])
+            packed = engine.score_windows([audio], [questions], packed=True)
             plain = engine.score_plain(audio, questions)
     except Exception as exc:  # noqa: BLE001 - any doubt means: the plain prompts, batched
-        log.warning("yes/no scoring of %s: batched (packed scoring failed: %s: %s)", engine.name,
-                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        log.warning("yes/no scoring of %s: batched (packed scoring failed: %s)", engine.name, first_line(exc))
         return False
     diff = _largest(packed, [plain], questions)
     allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
@@ -126,34 +162,29 @@ def packed_scoring(engine: Engine) -> bool:
     return True
 
 
-def _largest(got: dict[tuple[int, str], tuple[float, float]], plain: list[dict[str, tuple[float, float]]],
-             questions: list[str]) -> float:
+def _largest(got: Scores, plain: Scores, questions: list[str]) -> float:
     """Largest |got - plain| of any score or mass, window by window (NaN if any is NaN)."""
     diffs = [abs(a - b) for w, want in enumerate(plain) for q in questions
-             for a, b in zip(got[(w, q)], want[q], strict=True)]
+             for a, b in zip(got[w][q], want[q], strict=True)]
     return float("nan") if any(d != d for d in diffs) else max(diffs)
 
 
-def window_batching(engine: Engine) -> bool:
+def window_batching(engine: Checked) -> bool:
     """Whether windows of different lengths answered in one forward get the scores each gets alone.
 
     Not every audio encoder encodes a batch of clips as it encodes each alone (Qwen3-Omni's, in
     transformers 5.24, does not); where batching changes scores, each window gets its own forward
     (and its own generate() for text questions).
     """
-    audios = [engine._fit(probe(s, engine.sample_rate)) for s in BATCH_PROBE_SECONDS]
+    audios = [engine.fit(probe(s, engine.sample_rate)) for s in BATCH_PROBE_SECONDS]
     questions = list(PACKING_QUESTIONS)
-    overhead, engine.forward_overhead = engine.forward_overhead, 10**9  # all windows in one forward
     try:
-        with torch.inference_mode():
-            score = engine._score_packed if engine.packed else engine._score_batched
-            got = score(audios, [questions] * len(audios))
+        with torch.inference_mode():  # on the path the engine chose, all windows in one forward
+            got = engine.score_windows(audios, [questions] * len(audios), packed=engine.packed, overhead=ONE_FORWARD)
             plain = [engine.score_plain(a, questions) for a in audios]
     except Exception as exc:  # noqa: BLE001 - any doubt means: one window per forward
         log.warning("windows of %s: one per forward (a batch of windows failed: %s)", engine.name, type(exc).__name__)
         return False
-    finally:
-        engine.forward_overhead = overhead
     diff = _largest(got, plain, questions)
     allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
     if not diff <= allowed:

@@ -13,6 +13,8 @@ lays out `[BOS][INST][BEGIN_AUDIO][AUDIO]xN question[/INST]` exactly as the real
 The model is the real one scaled down: a Whisper-style encoder over 30 s (3000 mel frames,
 1500 positions) whose outputs are stacked four at a time into the projector (so the encoder's
 intermediate size is four times its width, as in the real 1280/5120), and a Llama text model.
+
+    python -m monitor.testing.tiny_model OUT_DIR --arch voxtral [--size small]   (needs mistral_common)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from monitor.testing.tiny_model import SAMPLE_RATE, _corpus
+from monitor.testing.tiny.common import INIT, SAMPLE_RATE, corpus, whisper_features, write
 
 # The pre-tokenizer pattern of Mistral's tekken files.
 PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
@@ -41,7 +43,7 @@ AUDIO_SECTION = {"sampling_rate": SAMPLE_RATE, "frame_rate": 12.5,
                  "audio_encoding_config": {"num_mel_bins": 128, "hop_length": 160, "window_size": 400},
                  "chunk_length_s": 30.0}
 
-TEXT = {
+SIZES = TEXT = {
     "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16),
     # Voxtral-Mini's proportions scaled down: 128-dim heads, grouped-query attention, MLP 2.67x hidden.
@@ -76,7 +78,7 @@ def tekken(vocab_size: int = 1500) -> dict[str, Any]:
     ])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus(), trainer=trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
     to_byte = _byte_decoder()
     pieces = [bytes([b]) for b in range(256)]
@@ -103,11 +105,11 @@ def tekken(vocab_size: int = 1500) -> dict[str, Any]:
     }
 
 
-def voxtral(size: str, out: Path, init: float, features: Any) -> tuple[Any, Any]:
+def make(size: str, out: Path) -> tuple[Any, Any]:
     """(model, processor) of a random-weight Voxtral; the tokenizer file is written to `out` (it is read from disk).
 
-    `features`: the Whisper feature extractor as Voxtral's preprocessor config sets it (128 bins, 30 s,
-    no attention mask); `init`: the weights' initializer range."""
+    The Whisper feature extractor is set as Voxtral's preprocessor config sets it: 128 bins, 30 s,
+    no attention mask."""
     from transformers import GenerationConfig, MistralCommonBackend, VoxtralConfig, VoxtralForConditionalGeneration, \
         VoxtralProcessor
 
@@ -115,13 +117,13 @@ def voxtral(size: str, out: Path, init: float, features: Any) -> tuple[Any, Any]
     path = out / "tekken.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     tokenizer = MistralCommonBackend(tokenizer_path=str(path))
-    processor = VoxtralProcessor(feature_extractor=features, tokenizer=tokenizer)
+    processor = VoxtralProcessor(feature_extractor=whisper_features(attention_mask=False), tokenizer=tokenizer)
     vocab = data["config"]["default_vocab_size"]
     config = VoxtralConfig(
         audio_config=dict(model_type="voxtral_encoder", **AUDIO[size], num_mel_bins=128, max_source_positions=1500,
-                          initializer_range=init),
+                          initializer_range=INIT),
         text_config=dict(model_type="llama", **TEXT[size], vocab_size=vocab, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5, rope_theta=100_000_000.0, initializer_range=init,
+                         rms_norm_eps=1e-5, rope_theta=100_000_000.0, initializer_range=INIT,
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=11),
         audio_token_id=AUDIO_TOKEN_ID, projector_hidden_act="gelu",
     )
@@ -129,3 +131,8 @@ def voxtral(size: str, out: Path, init: float, features: Any) -> tuple[Any, Any]
     model = VoxtralForConditionalGeneration(config)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11, do_sample=False)
     return model, processor
+
+
+def build(out_dir: str | Path, size: str = "tiny", seed: int = 0, dtype: str = "float32") -> Path:
+    """Write a random-weight Voxtral (its tekken.json and its own generation config) to `out_dir`."""
+    return write(out_dir, "voxtral", size, seed, make, eos=None)

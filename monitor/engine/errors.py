@@ -1,0 +1,46 @@
+"""What every backend says when something fails: one line a person can act on.
+
+A daemon that cannot load its model must stop with a message that names the setting and what to
+do, not with a traceback; a window that fails is one line in its Result. Nothing here imports
+torch (the `openai` backend shares it).
+"""
+
+from __future__ import annotations
+
+import re
+
+# The end of a sentence inside a line: a full stop (or ! ?) followed by a blank.
+_SENTENCE_END = re.compile(r"[.!?](?=\s)")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; str() is one line saying what to do about it."""
+
+
+def first_line(exc: BaseException, with_type: bool = True) -> str:
+    """`Type: text` of an exception's message, cut to its first line and never mid-sentence.
+
+    Some messages break a sentence across lines (transformers' "... not found in your
+    environment. Check out the instructions on the\\ninstallation page: ..."): where the first
+    line ends inside a sentence that continues on the next one, the line is cut after its last
+    complete sentence. A first line without a full sentence in it is kept whole.
+    """
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if len(lines) > 1 and text and text[-1] not in ".!?:;)":
+        ends = list(_SENTENCE_END.finditer(text))
+        if ends:
+            text = text[:ends[-1].end()]
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, or the CPU allocator giving up (while loading or while answering a window)."""
+    import torch
+
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)
