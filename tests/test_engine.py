@@ -347,6 +347,11 @@ def test_a_load_failure_is_one_line_that_ends_at_a_whole_sentence(tiny_model_dir
     assert first_line(ValueError("no config.json in /m. Fix it")) == "ValueError: no config.json in /m. Fix it"
     assert first_line(ValueError("corrupt features\nmore detail")) == "ValueError: corrupt features"
     assert first_line(OSError("")) == "OSError"
+    # the other shape of transformers' message: what to run is on the line after the colon
+    pip = ImportError("TimmWrapperModel requires the timm library but it was not found in your environment. You can "
+                      "install it with pip:\n`pip install timm`. Please note that you may need to restart your runtime.")
+    assert first_line(pip) == ("ImportError: TimmWrapperModel requires the timm library but it was not found in your "
+                               "environment. You can install it with pip: `pip install timm`.")
 
 
 def test_a_folder_with_a_config_but_no_weights_is_one_line(tiny_model_dir, tmp_path):
