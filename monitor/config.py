@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 
+from monitor.audio.base import STREAM_SCHEMES
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.publish.settings import MqttSettings
@@ -23,7 +24,6 @@ from monitor.web.settings import WebSettings
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/audio-monitor/monitor.yaml"),)
 # The whole stop takes stop_timeout plus a few seconds (the publisher's last `offline`, the web
