@@ -227,6 +227,9 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     the config line (or the `--set`) that named it rather than as a bare path.
     """
     out = []
+    backend = _backend_problem(config.model)
+    if backend:
+        out.append((("model", "backend"), backend))
     rules = _rules_problem(config.rules)
     if rules:
         out.append((("rules",), rules))
@@ -243,6 +246,25 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
             if problem:
                 out.append(((*room.loc, "rules"), problem))
     return out
+
+
+# What a backend that runs the model in this process needs, and the extra that installs it. A
+# satellite's base install (backend: openai) has neither torch nor transformers.
+IN_PROCESS_EXTRAS = {"local": "local", "salmonn": "salmonn"}
+
+
+def _backend_problem(model: ModelSettings) -> str | None:
+    """Why `model.backend` cannot run in this install (its packages are missing), or None."""
+    from importlib.util import find_spec  # noqa: PLC0415
+
+    extra = IN_PROCESS_EXTRAS.get(model.backend)
+    if extra is None:
+        return None
+    missing = [name for name in ("torch", "transformers") if find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{model.backend} runs the model in this process and needs {' and '.join(missing)}, which this install "
+            f'lacks: pip install "audio-monitor[{extra}]" (or backend: openai, to ask a model served elsewhere)')
 
 
 def _read_by_others(config: Config, room: Room) -> str | None:
