@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -248,23 +249,16 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
-# What a backend that runs the model in this process needs, and the extra that installs it. A
-# satellite's base install (backend: openai) has neither torch nor transformers.
-IN_PROCESS_EXTRAS = {"local": "local", "salmonn": "salmonn"}
-
-
 def _backend_problem(model: ModelSettings) -> str | None:
-    """Why `model.backend` cannot run in this install (its packages are missing), or None."""
-    from importlib.util import find_spec  # noqa: PLC0415
-
-    extra = IN_PROCESS_EXTRAS.get(model.backend)
-    if extra is None:
+    """Why `backend: local` or `salmonn` (the model in this process) cannot run in this install, or None:
+    a satellite's base install has no torch nor transformers; the extra named after the backend brings them."""
+    if model.backend == "openai":
         return None
     missing = [name for name in ("torch", "transformers") if find_spec(name) is None]
     if not missing:
         return None
     return (f"{model.backend} runs the model in this process and needs {' and '.join(missing)}, which this install "
-            f'lacks: pip install "audio-monitor[{extra}]" (or backend: openai, to ask a model served elsewhere)')
+            f'lacks: pip install "audio-monitor[{model.backend}]" (or backend: openai, to ask a model served elsewhere)')
 
 
 def _read_by_others(config: Config, room: Room) -> str | None:
