@@ -42,7 +42,7 @@ $(VLLM_VENV)/.installed:
 
 # A satellite's install, for the tests that run it (tests/test_served.py): the package without extras
 # (no torch, no transformers), editable so that it runs this checkout; made anew when pyproject.toml
-# changes. About 15 s and 230 MB where pip finds the wheels on the machine (its cache, a local index).
+# changes. About 20 s and 230 MB where pip finds the wheels on the machine (its cache, a local index).
 $(SATELLITE_VENV)/.installed: pyproject.toml
 	rm -rf $(SATELLITE_VENV)
 	$(PYTHON) -m venv $(SATELLITE_VENV)
