@@ -25,7 +25,7 @@ from monitor.engine.api import Result
 from monitor.events import Event
 from monitor.pipeline import Pipeline
 from monitor.rules import RuleSet
-from monitor.scorelog import ScoreLog
+from monitor.scorelog import ScoreLog, ScoreLogSink
 from monitor.tuning.run import ReplayRun, light
 from monitor.windows import Window
 
@@ -104,14 +104,15 @@ def replay_file(config: Config, ruleset: RuleSet, *, engine_factory: Callable[..
         pipeline.stop()
         raise ReplayError(error, logged=True)
     bar = _progress_bar(run, enabled=progress)
+    scores = ScoreLogSink(scorelog) if scorelog is not None else None  # the daemon's own `scores_log` sink
     started = time.perf_counter()
     done = 0.0
 
     def handle(result: Result) -> None:
         nonlocal done
         events = pipeline.process(result)
-        if scorelog is not None:
-            scorelog.write(result)
+        if scores is not None:
+            scores.window(pipeline.id, result)
         window = light(result.window)
         run.results.append(dataclasses.replace(result, window=window))
         run.events.extend((event, window) for event in events)
