@@ -11,11 +11,13 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 
+from monitor.audio.base import STREAM_SCHEMES
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.publish.settings import MqttSettings
@@ -23,7 +25,6 @@ from monitor.web.settings import WebSettings
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
-STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/audio-monitor/monitor.yaml"),)
 # The whole stop takes stop_timeout plus a few seconds (the publisher's last `offline`, the web
@@ -227,6 +228,9 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     the config line (or the `--set`) that named it rather than as a bare path.
     """
     out = []
+    backend = _backend_problem(config.model)
+    if backend:
+        out.append((("model", "backend"), backend))
     rules = _rules_problem(config.rules)
     if rules:
         out.append((("rules",), rules))
@@ -243,6 +247,18 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
             if problem:
                 out.append(((*room.loc, "rules"), problem))
     return out
+
+
+def _backend_problem(model: ModelSettings) -> str | None:
+    """Why `backend: local` or `salmonn` (the model in this process) cannot run in this install, or None:
+    a satellite's base install has no torch nor transformers; the extra named after the backend brings them."""
+    if model.backend == "openai":
+        return None
+    missing = [name for name in ("torch", "transformers") if find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{model.backend} runs the model in this process and needs {' and '.join(missing)}, which this install "
+            f'lacks: pip install "audio-monitor[{model.backend}]" (or backend: openai, to ask a model served elsewhere)')
 
 
 def _read_by_others(config: Config, room: Room) -> str | None:

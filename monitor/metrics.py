@@ -1,4 +1,7 @@
-"""Prometheus metrics: what a person watching the monitor on a dashboard wants to know."""
+"""Prometheus metrics: what a person watching the monitor on a dashboard wants to know.
+
+`Metrics` holds the series and serves them; `MetricsSink` fills them as one of the daemon's sinks.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,10 @@ import logging
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from monitor.engine.api import Result
+from monitor.events import Event
+from monitor.sinks import RoomState, Status
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +73,57 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class MetricsSink:
+    """Per-room series (level, each rule's score and lift, events by kind, mute, hearing, the model,
+    the running totals and lag) and the daemon's (engine time, batch, outbox, broker)."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self._batches_seen = 0
+
+    def window(self, room: str, result: Result) -> None:
+        m = self.metrics
+        m.level.labels(room).set(result.window.dbfs)
+        for key, score in result.scores.items():
+            m.score.labels(room, key).set(score.score)
+            m.lift.labels(room, key).set(score.lift)
+
+    def event(self, room: str, event: Event) -> None:
+        self.metrics.events.labels(room, event.rule_id, event.kind).inc()
+
+    def room_state(self, room: str, state: RoomState) -> None:
+        m = self.metrics
+        if "room" in state.changed:
+            for counter in (m.windows, m.processed, m.failed, m.skipped, m.lost, m.lost_seconds, m.overflows):
+                counter.labels(room)  # every room's series exists from the start, at 0
+        if "mute" in state.changed:
+            m.muted.labels(room).set(1 if state.muted else 0)
+        if "hearing" in state.changed:
+            m.capture_ok.labels(room).set(1 if state.hearing.ok else 0)
+        if "model" in state.changed:
+            m.model_ok.labels(room).set(1 if state.model.ok else 0)
+
+    def status(self, status: Status) -> None:
+        """The totals kept by the rooms' threads carried into the counters; the engine's latest batch; the broker."""
+        m = self.metrics
+        for room, c in status.counts.items():
+            m.sync_total(m.windows, room, c.windows)
+            m.sync_total(m.processed, room, c.processed)
+            m.sync_total(m.failed, room, c.failed)
+            m.sync_total(m.skipped, room, c.skipped)
+            m.sync_total(m.lost, room, c.lost_windows)
+            m.sync_total(m.lost_seconds, room, c.lost_seconds)
+            m.sync_total(m.overflows, room, c.overflows)
+            m.lag.labels(room).set(c.lag)
+        engine = status.engine
+        if engine is not None and engine.batches != self._batches_seen:
+            self._batches_seen = engine.batches
+            m.engine_ms.observe(engine.last_engine_ms)
+            m.batch.set(engine.last_batch)
+            m.rtf.set(engine.real_time_factor)
+        if status.mqtt is not None:
+            m.outbox.set(status.mqtt.outbox_depth)
+            m.outbox_ok.set(1 if status.mqtt.outbox_ok else 0)
+            m.mqtt.set(1 if status.mqtt.connected else 0)

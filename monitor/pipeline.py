@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from monitor.audio.ringbuffer import RingBuffer
@@ -38,6 +38,7 @@ from monitor.config import MODEL_RATE, Config, Room
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
+from monitor.hearing import HEARING_OK, Hearing
 from monitor.modelhealth import MODEL_OK, ModelState, Streak, assess
 from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.windows import WindowScheduler
@@ -58,20 +59,6 @@ class PipelineStats:
     last_engine_ms: float = 0.0
 
 
-@dataclass(frozen=True)
-class Hearing:
-    """Whether a room can hear, and if not, why (`muted` or `capture_lost`) and a detail for people."""
-
-    ok: bool
-    reason: str | None = None
-    detail: str = field(default="", compare=False)
-
-    @property
-    def label(self) -> str:
-        return "ok" if self.ok else str(self.reason)
-
-
-HEARING_OK = Hearing(True)
 CAPTURE_STALL = 5.0  # seconds without a single new sample from a live capture: it is lost
 
 

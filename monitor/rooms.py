@@ -2,14 +2,15 @@
 
 The daemon's main thread owns every `ActiveRoom`: it hands each answered window to `handle`,
 and calls `check_hearing`, `check_model` and `set_muted` between windows. The room decides its rules, saves a
-clip for an ON event, and passes windows and events on to the daemon's sinks, each sink's error
-isolated so that no consumer can stop an alarm.
+clip for an ON event, and passes windows, events and its lasting state (`announce`) on to the
+daemon's sinks through their fan-out, which keeps one consumer's error from stopping an alarm.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,23 @@ from monitor.config import Config, Room
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.events import Event
+from monitor.fanout import FanOut, Survive
+from monitor.hearing import Hearing
 from monitor.modelhealth import ModelState
-from monitor.pipeline import Hearing, Pipeline
+from monitor.pipeline import Pipeline
 from monitor.rules import RuleSet
-from monitor.sinks import Sink
+from monitor.sinks import Part, RoomState, Sink
 
 log = logging.getLogger(__name__)
-
-Survive = Callable[[str, BaseException], None]
 
 
 class ActiveRoom:
     """A configured source, running: pipeline + clips + mute + hearing, feeding the sinks."""
 
     def __init__(self, config: Config, room: Room, ruleset: RuleSet, worker: EngineWorker, state_dir: Path,
-                 sinks: Sequence[Sink], survive: Survive, source: AudioSource | None = None):
+                 sinks: FanOut | Sequence[Sink], survive: Survive, source: AudioSource | None = None):
+        """`sinks`: the daemon's fan-out (or sinks to fan out to); `survive`: how an error that must not
+        stop the room is logged."""
         self.config = config
         self.room = room
         self.id = room.id
@@ -42,12 +45,11 @@ class ActiveRoom:
         self.pipeline = Pipeline(config, ruleset, room=room, source=source, worker=worker)
         clips_dir = state_dir / "clips" if not config.multi_room else state_dir / "clips" / room.id
         self.clips = ClipStore(clips_dir, config.clips)
-        self.sinks = sinks
+        self.sinks = sinks if isinstance(sinks, FanOut) else FanOut(sinks, survive)
         self._survive = survive
         self._state_dir = state_dir
         self.own_mute = False  # this room's switch (a one-room monitor has only this one)
         self.all_mute = False  # the whole-home switch of a daemon with `sources:`
-        self.channel: Any = None  # its RoomChannel once the publisher runs
 
     @property
     def label(self) -> str:
@@ -63,22 +65,24 @@ class ActiveRoom:
         except Exception as exc:  # noqa: BLE001 - one bad window must not end the monitor
             self._survive(f"a window of {self.id}", exc)
             return
-        for sink in self.sinks:
-            try:
-                sink.window(self.id, result)
-            except Exception as exc:  # noqa: BLE001 - a sink is not worth the others
-                self._survive(f"{type(sink).__name__} on a window of {self.id}", exc)
+        self.sinks.window(self.id, result)
         self.publish(events, result)
 
     def publish(self, events: list[Event], result: Result | None) -> None:
-        """Attach clips and hand each event to every sink, each on its own: one failure stops nothing else."""
+        """Attach clips and hand each event to the sinks (each on its own: one failure stops nothing else)."""
         for event in events:
-            event = self._with_clip(event, result)
-            for sink in self.sinks:
-                try:
-                    sink.event(self.id, event)
-                except Exception as exc:  # noqa: BLE001 - the other sinks (and alarms) must still go out
-                    self._survive(f"{type(sink).__name__} on event {event.rule_id} {event.kind} id={event.id}", exc)
+            self.sinks.event(self.id, self._with_clip(event, result))
+
+    def announce(self, *changed: Part) -> None:
+        """Tell the sinks that these parts of the room's lasting state changed (see `RoomState`)."""
+        self.sinks.room_state(self.id, self.state(frozenset(changed)))
+
+    def state(self, changed: frozenset[Part]) -> RoomState:
+        p = self.pipeline
+        return RoomState(name=self.name, own_mute=self.own_mute, muted=p.muted, hearing=p.hearing,
+                         model=p.model_state, rules=p.rules.ruleset,
+                         rule_states=types.MappingProxyType(dict(p.rules.on_states())), clips=self.clips.folder,
+                         changed=changed)
 
     def _with_clip(self, event: Event, result: Result | None) -> Event:
         rule = self.pipeline.rules.ruleset.get(event.rule_id)

@@ -1,8 +1,8 @@
 """Per-window scores as JSON lines: what replay writes and what the daemon can record live.
 
 One line per window: its times, level, speech ratio, and each rule's score, lift and text.
-The same writer serves `audio-monitor replay` and the daemon's `scores_log`, so a recording
-replayed and the same audio heard live can be compared line by line.
+The same sink (`ScoreLogSink`) writes it for `audio-monitor replay` and for the daemon's
+`scores_log`, so a recording replayed and the same audio heard live can be compared line by line.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from monitor.engine.api import Result
+from monitor.events import Event
+from monitor.sinks import RoomState, Status
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +71,22 @@ class ScoreLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class ScoreLogSink:
+    """Every window's level, speech ratio and scores as JSON lines; the rest is not its business."""
+
+    def __init__(self, scorelog: ScoreLog):
+        self.scorelog = scorelog
+
+    def window(self, room: str, result: Result) -> None:
+        self.scorelog.write(result)
+
+    def event(self, room: str, event: Event) -> None:
+        pass
+
+    def room_state(self, room: str, state: RoomState) -> None:
+        pass
+
+    def status(self, status: Status) -> None:
+        pass

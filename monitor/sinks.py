@@ -1,25 +1,110 @@
-"""Where answered windows and decided events go: one small interface, fanned out in one place.
+"""Where what the rooms hear goes: one small interface, and the records it carries.
 
-The daemon hands every answered window and every event of every room to its sinks in order —
-MQTT first (the alarm path), then the metrics, the score log and the live page
-(`monitor.web.hub.WebSink`). A sink owns nothing of another's, and one that fails is logged and
-skipped by the caller, never the end of the others.
+The daemon hands every answered window, every event, every change of a room's lasting state and
+its status to its sinks — MQTT first (the alarm path), then the metrics, the score log and the
+live page — through one `monitor.fanout.FanOut`, which keeps a failing sink from stopping the
+others. A sink owns nothing of another's and knows no other sink; each lives with the part it
+feeds (`monitor.publish.sink`, `monitor.web.sink`, `monitor.metrics`, `monitor.scorelog`).
+
+The records are snapshots taken on the daemon's main thread for this one call: frozen, and a
+sink must not change what they hold.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from monitor.engine.api import Result
 from monitor.events import Event
+from monitor.hearing import Hearing
+from monitor.modelhealth import ModelState
+from monitor.rules import RuleSet
 
-if TYPE_CHECKING:
-    from monitor.metrics import Metrics
-    from monitor.publish import Publisher
-    from monitor.scorelog import ScoreLog
+Part = Literal["room", "mute", "hearing", "model", "rules"]
+NEW_ROOM: frozenset[Part] = frozenset({"room", "mute", "hearing", "model", "rules"})
+"""What a room's first announcement names as changed: everything, and that the room is new."""
 
-log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class RoomState:
+    """One room's lasting state: what MQTT keeps retained, the page's panel, the per-room gauges.
+
+    Handed to every sink whenever a part of it changes; `changed` names those parts (`room`: the
+    room is shown for the first time, with all the other parts). A sink shows what changed; the
+    other parts are as it last saw them.
+    """
+
+    name: str
+    own_mute: bool  # the room's own switch (a one-room monitor has only this one)
+    muted: bool  # in effect: its own switch or the whole-home one
+    hearing: Hearing
+    model: ModelState
+    rules: RuleSet
+    rule_states: Mapping[str, bool]  # rule id -> ON now (what a new rule set starts from)
+    clips: Path | None  # the folder its evidence clips are saved in
+    changed: frozenset[Part]
+
+
+@dataclass(frozen=True)
+class RoomCounts:
+    """A room's running totals, kept by its capture and windows threads, and its lag."""
+
+    windows: int
+    processed: int
+    failed: int
+    skipped: int
+    lost_windows: int
+    lost_seconds: float
+    overflows: int
+    lag: float  # seconds of audio captured since the end of the latest answered window
+
+
+@dataclass(frozen=True)
+class EngineFigures:
+    """The shared engine's latest batch."""
+
+    batches: int  # batches answered since start: a sink sees a new one when this moved
+    last_engine_ms: float
+    last_batch: int  # windows in it
+    real_time_factor: float  # model time per batch divided by the hop
+
+
+@dataclass(frozen=True)
+class MqttFigures:
+    """The broker connection and the outbox, as the publisher reports them."""
+
+    connected: bool
+    outbox_depth: int
+    outbox_ok: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    """The daemon's health, handed to every sink on each turn of the main loop.
+
+    `health` is the JSON status (MQTT's retained `info`, the source of the systemd line); the other
+    fields are what sinks show beside it. `report` marks a status report — every few seconds, and
+    at once when something changed —: MQTT publishes only those. `urgent`: a person just changed
+    something (a mute): a page shows it now instead of at its own pace.
+    """
+
+    health: Mapping[str, Any]
+    name: str  # the display name
+    node: str  # the node id
+    multi_room: bool
+    rooms: Mapping[str, Mapping[str, Any]]  # each room's part of the status (`ActiveRoom.status`)
+    own_mute: Mapping[str, bool]  # each room's own switch
+    muted_all: bool  # the whole-home switch
+    model_failed: Mapping[str, str]  # the rooms the model does not answer -> why
+    counts: Mapping[str, RoomCounts]
+    engine: EngineFigures | None
+    mqtt: MqttFigures | None  # None before the publisher exists
+    rules_reload_message: str | None  # the latest reload's message, when every room shares one rules path
+    report: bool = False
+    urgent: bool = False
 
 
 class Sink(Protocol):
@@ -33,64 +118,10 @@ class Sink(Protocol):
         """An event of `room` (its clip, if any, already attached)."""
         ...
 
+    def room_state(self, room: str, state: RoomState) -> None:
+        """A part of `room`'s lasting state changed (see `RoomState.changed`)."""
+        ...
 
-class MqttSink:
-    """Events (durably, via the outbox) and states, texts, levels and scores on each room's topics."""
-
-    def __init__(self, publisher: Publisher):
-        self.publisher = publisher
-
-    def window(self, room: str, result: Result) -> None:
-        channel = self.publisher.room(room)
-        channel.publish_level(result.window.dbfs)
-        if result.scores:
-            channel.publish_scores({k: {"score": round(s.score, 4), "lift": round(s.lift, 4)}
-                                    for k, s in result.scores.items()})
-
-    def event(self, room: str, event: Event) -> None:
-        channel = self.publisher.room(room)
-        route = channel.publish_event(event)
-        # logged once the event is safe (stored, or handed over directly): the log never claims more.
-        # What was said stays out of the log at INFO (clips of text rules are off for the same reason):
-        # only that there is a transcript and its length; the words at DEBUG.
-        detail = (f" score={event.score:.3f}" if event.score is not None
-                  else f" text={len(event.text)} chars" if event.text
-                  else f" reason={event.reason}" if event.reason else "")
-        where = "" if room == self.publisher.node_id else f"{room}/"
-        log.info("event %s%s %s id=%s%s via=%s", where, event.rule_id, event.kind, event.id, detail, route)
-        if event.text:
-            log.debug("event %s%s %s id=%s text=%r", where, event.rule_id, event.kind, event.id, event.text)
-        if event.kind in ("on", "off"):
-            channel.publish_state(event.rule_id, event.kind == "on")
-        elif event.kind == "text" and event.text is not None:
-            channel.publish_text(event.rule_id, event.text)
-
-
-class MetricsSink:
-    """Per-room Prometheus series: level, each rule's score and lift, events by kind."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-
-    def window(self, room: str, result: Result) -> None:
-        m = self.metrics
-        m.level.labels(room).set(result.window.dbfs)
-        for key, score in result.scores.items():
-            m.score.labels(room, key).set(score.score)
-            m.lift.labels(room, key).set(score.lift)
-
-    def event(self, room: str, event: Event) -> None:
-        self.metrics.events.labels(room, event.rule_id, event.kind).inc()
-
-
-class ScoreLogSink:
-    """Every window's level, speech ratio and scores as JSON lines (the format replay writes)."""
-
-    def __init__(self, scorelog: ScoreLog):
-        self.scorelog = scorelog
-
-    def window(self, room: str, result: Result) -> None:
-        self.scorelog.write(result)
-
-    def event(self, room: str, event: Event) -> None:
-        pass
+    def status(self, status: Status) -> None:
+        """The daemon's health, on each turn of the main loop (see `Status.report`)."""
+        ...

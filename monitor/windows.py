@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from monitor.audio.base import AudioSource
 from monitor.audio.levels import VAD_FRAME, SpeechFrames, dbfs
 from monitor.audio.ringbuffer import Overwritten
-from monitor.audio.sources import AudioSource
 
 log = logging.getLogger(__name__)
 

@@ -80,13 +80,16 @@ def write_config(tmp_path: Path, model_dir: Path, broker_port: int, *, source: s
 
 
 class DaemonProcess:
-    """`python -m monitor run -c CONFIG` with its stderr collected in the background."""
+    """`python -m monitor run -c CONFIG` with its stderr collected in the background.
 
-    def __init__(self, config: Path, env: dict | None = None, args: tuple[str, ...] = ()):
+    `program`: what to run instead of `python -m monitor` (a satellite's installed `audio-monitor`)."""
+
+    def __init__(self, config: Path, env: dict | None = None, args: tuple[str, ...] = (),
+                 program: tuple[str, ...] = (sys.executable, "-m", "monitor")):
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(config), *args],
+            [*program, "run", "-c", str(config), *args],
             cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )

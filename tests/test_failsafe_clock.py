@@ -158,6 +158,13 @@ def test_microphone_pipeline_holds_on_audio_time_when_the_ring_clock_steps(vmic,
 # ---------------------------------------------------------------------------- the daemon under faketime
 
 
+def _set_offset(stamp_file: Path, offset: str) -> None:
+    """Step the clock of processes reading `stamp_file`: replaced whole, so that no reader sees it half written."""
+    tmp = stamp_file.with_name(stamp_file.name + ".new")
+    tmp.write_text(offset + "\n")
+    os.replace(tmp, stamp_file)
+
+
 def _faketime_env(stamp_file: Path) -> dict[str, str]:
     """The environment that runs a process under faketime's preload library, its offset read from `stamp_file`.
 
@@ -168,7 +175,7 @@ def _faketime_env(stamp_file: Path) -> dict[str, str]:
     need(shutil.which("faketime") is not None, "the `faketime` program (Debian package faketime)")
     libs = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
     need(bool(libs), "libfaketime.so.1 (Debian package libfaketime)")
-    stamp_file.write_text("+0\n")
+    _set_offset(stamp_file, "+0")
     # The monotonic clock does not step with NTP either: keep it real (both spellings of the switch).
     return {"LD_PRELOAD": str(libs[0]), "FAKETIME_TIMESTAMP_FILE": str(stamp_file), "FAKETIME_NO_CACHE": "1",
             "DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
@@ -195,7 +202,7 @@ def test_daemon_under_faketime_holds_20s_of_audio_when_the_clock_jumps_back_then
             # step once the last window that heard the noise (2 s long, every 1 s) has been decided:
             # from here on only the audio's clock can tell how long the rule has been quiet
             time.sleep(max(0.0, quiet_since + 3.5 - time.monotonic()))
-            stamp.write_text(offset + "\n")
+            _set_offset(stamp, offset)
             sub.wait_for(lambda t, p, r: json.loads(p)["kind"] == "off" and len(events_of(sub.messages)) > n + 1,
                          timeout=hold + 30)
             gaps.append(time.monotonic() - quiet_since)

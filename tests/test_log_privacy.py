@@ -14,7 +14,7 @@ from helpers.mqtt_clients import has_events, make_event, wait_for
 
 from monitor.publish.publisher import Publisher
 from monitor.publish.settings import MqttSettings
-from monitor.sinks import MqttSink
+from monitor.publish.sink import MqttSink
 
 NODE = "kitchen"
 SAID = "please call my sister Anna at home"

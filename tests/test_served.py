@@ -31,7 +31,7 @@ from monitor.engine.api import Question, Request, TextTask
 from monitor.engine.errors import ModelLoadError
 from monitor.engine.settings import ModelSettings
 from monitor.testing.signals import make_window, noise, tone
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, need
 from tests.daemon_support import LOUD_RULES, DaemonProcess, NotifySocket, events_of, write_config
 from tests.vllm_support import (
     SERVED_NAME,
@@ -589,3 +589,96 @@ def test_a_served_model_that_stops_answering_is_model_failed_until_it_answers_ag
     assert "Traceback" not in daemon.output and vllm.api_key not in daemon.output
     kinds = [(e["kind"], e.get("reason")) for e in events_of(sub.messages)]
     assert kinds[:3] == [("on", None), ("off", "model_failed"), ("on", None)], kinds
+
+
+# ---------------------------------------------------------------------------- a satellite's install
+
+
+SATELLITE = REPO / ".venv-satellite"
+
+
+def satellite(program: str = "audio-monitor") -> str:
+    """A program of the satellite's environment: the package installed without extras, as
+    docs/served.md installs a satellite (`make test` makes it)."""
+    path = SATELLITE / "bin" / program
+    need(path.exists(), "the satellite environment .venv-satellite (`make test` creates it)")
+    return str(path)
+
+
+def satellite_packages() -> list[str]:
+    """Which of the model stack's and the base install's packages the satellite's Python can import."""
+    code = ("import importlib.util as u, json, monitor\n"
+            "print(monitor.__file__)\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'matplotlib', 'tqdm', 'httpx', "
+            "'starlette', 'uvicorn', 'paho') if u.find_spec(m))))\n")
+    out = subprocess.run([satellite("python"), "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    where, found = out.stdout.strip().splitlines()
+    assert Path(where) == REPO / "monitor" / "__init__.py"  # it runs this checkout (an editable install)
+    return json.loads(found)
+
+
+def test_a_satellite_install_lacks_the_model_stack_and_says_in_one_line_which_extra_brings_it(tmp_path):
+    """No torch, transformers, tokenizers, matplotlib or tqdm; `backend: local` (the default) or `salmonn`
+    is one line naming the extra, from `check` and from `run`; `replay` is one line naming [tuning]."""
+    assert satellite_packages() == ["httpx", "paho", "starlette", "uvicorn"]
+    config = write_config(tmp_path, tmp_path / "no-model", free_port(), extra={"log.level": "info"})
+    want = ('model.backend: local runs the model in this process and needs torch and transformers, which this '
+            'install lacks: pip install "audio-monitor[local]" (or backend: openai, to ask a model served elsewhere)')
+    check = subprocess.run([satellite(), "check", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and check.stdout == ""
+    assert check.stderr.splitlines() == [f"{config}:{_line_of(config, 'model:')}: {want}"], check.stderr
+    run = subprocess.run([satellite(), "run", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].endswith(want) and " ERROR " in lines[0], run.stderr
+    salmonn = subprocess.run([satellite(), "check", "-c", str(config), "--set", "model.backend=salmonn",
+                              "--set", "model.salmonn.checkpoint=tsinghua-ee/SALMONN-7B:salmonn_7b_v0.pth",
+                              "--set", f"model.salmonn.beats={tmp_path / 'beats.pt'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert salmonn.returncode == 1 and salmonn.stderr.splitlines() == [
+        '--set: model.backend: salmonn runs the model in this process and needs torch and transformers, which this '
+        'install lacks: pip install "audio-monitor[salmonn]" (or backend: openai, to ask a model served elsewhere)']
+    # replay and eval: the plots' packages are missing, said before any model is asked
+    served = write_config(tmp_path, tmp_path, free_port(), extra={
+        "log.level": "info", "model": {"backend": "openai", "url": f"http://127.0.0.1:{free_port()}/v1", "name": "m"}})
+    sf.write(tmp_path / "a.wav", noise(3.0, 0.1), 16000)
+    replay = subprocess.run([satellite(), "replay", str(tmp_path / "a.wav"), "-c", str(served), "--out",
+                             str(tmp_path / "out"), "-q"], capture_output=True, text=True, timeout=60)
+    lines = [line for line in replay.stderr.splitlines() if line.strip()]
+    assert replay.returncode == 1 and replay.stdout == "" and len(lines) == 1, replay.stderr
+    assert lines[0].endswith('ERROR   monitor.tuning.commands: replay: its plots and progress bars need matplotlib and '
+                             'tqdm, which this install lacks: pip install "audio-monitor[tuning]"'), replay.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(text))
+
+
+def test_a_satellite_install_runs_the_daemon_on_the_served_model(vllm, broker, subscriber_factory, tmp_path):
+    """`audio-monitor run` from the satellite's environment, where torch and transformers are not even
+    installed, with `backend: openai`: vLLM answers, the rule turns ON, its event and state reach MQTT."""
+    program = satellite()
+    assert not {"torch", "transformers"} & set(satellite_packages())
+    rate = 16000
+    rng = np.random.default_rng(11)
+    sf.write(tmp_path / "room.wav", (rng.standard_normal(40 * rate) * 0.1).astype(np.float32), rate)
+    key_file = tmp_path / "api-key"
+    key_file.write_text(vllm.api_key + "\n")
+    key_file.chmod(0o600)
+    config = write_config(tmp_path, tmp_path, broker.port, source=f"file:{tmp_path / 'room.wav'}", rules=LOUD_RULES,
+                          extra={"model": {"backend": "openai", "url": vllm.url, "name": SERVED_NAME,
+                                           "api_key_file": str(key_file), "timeout": "30s"}})
+    sub = subscriber_factory(broker, "am/#")
+    daemon = DaemonProcess(config, program=(program,))
+    try:
+        daemon.wait_log("listening:", timeout=60)
+        event = json.loads(sub.wait_for(lambda t, p, r: t == "am/test_node/loud/event" and json.loads(p)["kind"] == "on",
+                                        timeout=60)[1])
+        assert event["rule"] == "loud" and event["score"] is not None
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"ON", timeout=10)
+        assert Path(f"/proc/{daemon.proc.pid}/cmdline").read_bytes().split(b"\0")[1] == program.encode()
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.output[-3000:]
+    assert "Traceback" not in daemon.output and vllm.api_key not in daemon.output

@@ -331,7 +331,7 @@ def test_a_microphone_plugged_in_later_is_found_while_the_others_capture(room_mi
 def test_an_error_in_capture_is_capture_lost_and_retried(vmic, monkeypatch, caplog, close_fails):
     """Whatever raises in the capture thread (the pump; the loop around it): the state says why, and
     capture comes back."""
-    import monitor.audio.sources as sources
+    import monitor.audio.mic as sources
 
     calls = [0]
 

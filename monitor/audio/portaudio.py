@@ -29,11 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from monitor.audio.base import SourceError
+
 log = logging.getLogger(__name__)
-
-
-class SourceError(RuntimeError):
-    """A source that cannot deliver audio; the message is one line saying what to do."""
 
 
 class DeviceNotFound(SourceError):

@@ -22,12 +22,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from monitor.audio.base import STREAM_SCHEMES, CaptureStats, SourceError, fill_gap
 from monitor.audio.convert import Converter
 from monitor.audio.decode import error_text, frame_samples
 from monitor.audio.redact import redact_url, scrub
 from monitor.audio.ringbuffer import RingBuffer
-from monitor.audio.sources import CaptureStats, SourceError, fill_gap
-from monitor.config import STREAM_SCHEMES
 
 log = logging.getLogger(__name__)
 

@@ -13,22 +13,38 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 from monitor import __version__
 from monitor.events import Event
 from monitor.publish.discovery import SENSOR_TEXT_MAX, ComponentMemory, EntitySpec, Layout, build_payload
+from monitor.publish.settings import MqttSettings
+from monitor.publish.store import Route
 from monitor.publish.topics import Topics
 
-if TYPE_CHECKING:
-    from monitor.publish.publisher import Publisher
-    from monitor.publish.store import Route
+
+class Connection(Protocol):
+    """What a room's channel needs of the publisher that owns the one connection (`Publisher`)."""
+
+    settings: MqttSettings
+    state_dir: Path
+    topics: Topics  # the daemon's (node's) topics: its status and Last Will
+
+    def send_event(self, topic: str, payload: bytes, event: Event) -> Route: ...
+
+    def set_retained(self, topic: str, payload: bytes) -> None: ...
+
+    def note_removed(self, room_id: str, components: list[str]) -> None: ...
+
+    def publish_low(self, topic: str, interval: float, make: Callable[[], bytes]) -> None: ...
 
 
 class RoomChannel:
     """Publishes what one room hears; every call only queues work for the publisher's worker."""
 
-    def __init__(self, publisher: Publisher, room_id: str, name: str, layout: Layout):
+    def __init__(self, publisher: Connection, room_id: str, name: str, layout: Layout):
         self.publisher = publisher
         self.id = room_id
         self.name = name

@@ -26,9 +26,10 @@ from monitor.engine.api import Result
 from monitor.events import Event
 from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.tuning.labels import SCORED_KINDS, Dataset, Recording
-from monitor.tuning.metrics import Tally, best_threshold
-from monitor.tuning.replay import ReplayRun, SharedEngine, replay_file, rule_spans
+from monitor.tuning.metrics import Tally, best_threshold, rule_spans
+from monitor.tuning.replay import SharedEngine, replay_file
 from monitor.tuning.rooms import with_recording
+from monitor.tuning.run import ReplayRun
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monitor.events import Event
+    from monitor.windows import Window
 
 Span = tuple[float, float | None]  # (ON time, OFF time); OFF None = still ON at the end; (t, t) = an instant
 
@@ -60,6 +64,15 @@ def _covered(intervals: Sequence[tuple[float, float]], duration: float, tol: flo
             total += b - end
             end = b
     return total
+
+
+def rule_spans(events: Sequence[tuple[Event, Window]], rule_id: str) -> list[Span]:
+    """A rule's ON spans (match events: instants) in seconds from the start of the file.
+
+    An event's time is the end of the window that decided it, taken in samples so that label
+    edges compare exactly.
+    """
+    return spans_of([(e.kind, w.end / w.sample_rate) for e, w in events if e.rule_id == rule_id])
 
 
 @dataclass

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.rules import MatchRule, RuleSet, TextRule, YesNoRule
+from monitor.tuning.metrics import rule_spans
 
 if TYPE_CHECKING:
-    from monitor.tuning.replay import ReplayRun
+    from monitor.tuning.run import ReplayRun
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,6 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _on_spans(run: ReplayRun, rule_id: str) -> list[tuple[float, float]]:
-    from monitor.tuning.replay import rule_spans
-
     return [(on, run.duration if off is None else off) for on, off in rule_spans(run.events, rule_id)]
 
 

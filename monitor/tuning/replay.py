@@ -14,13 +14,9 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from monitor import __version__
 from monitor.audio.sources import SourceError
@@ -29,14 +25,11 @@ from monitor.engine.api import Result
 from monitor.events import Event
 from monitor.pipeline import Pipeline
 from monitor.rules import RuleSet
-from monitor.scorelog import ScoreLog
-from monitor.tuning.metrics import Span, spans_of
+from monitor.scorelog import ScoreLog, ScoreLogSink
+from monitor.tuning.run import ReplayRun, light
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)
-
-_NO_AUDIO = np.zeros(0, dtype=np.float32)
-_NO_FLAGS = np.zeros(0, dtype=bool)
 
 
 class ReplayError(RuntimeError):
@@ -49,63 +42,6 @@ class ReplayError(RuntimeError):
     def __init__(self, message: str, logged: bool = False):
         super().__init__(message)
         self.logged = logged
-
-
-def rule_spans(events: Sequence[tuple[Event, Window]], rule_id: str) -> list[Span]:
-    """A rule's ON spans (match events: instants) in seconds from the start of the file.
-
-    An event's time is the end of the window that decided it, taken in samples so that label
-    edges compare exactly.
-    """
-    return spans_of([(e.kind, w.end / w.sample_rate) for e, w in events if e.rule_id == rule_id])
-
-
-def light(window: Window) -> Window:
-    """The window without its audio and per-frame speech flags (all the rule engine needs to decide again)."""
-    return dataclasses.replace(window, audio=_NO_AUDIO, speech=_NO_FLAGS)
-
-
-@dataclass
-class ReplayRun:
-    """What one replay heard and decided."""
-
-    path: Path
-    duration: float  # seconds of audio in the file
-    results: list[Result] = field(default_factory=list)  # in window order, windows without audio
-    events: list[tuple[Event, Window]] = field(default_factory=list)  # each with the window that decided it
-    wall_s: float = 0.0  # from the first window to the last result
-
-    @property
-    def windows(self) -> int:
-        return len(self.results)
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for r in self.results if r.error is not None)
-
-    @property
-    def t0(self) -> float:
-        """Wall-clock time the pipeline gave the file's first sample (offsets are relative to it)."""
-        if not self.results:
-            return 0.0
-        w = self.results[0].window
-        return w.t_start - w.start / w.sample_rate
-
-    def offset(self, ts: float) -> float:
-        """Seconds from the start of the file of a wall-clock time stamped by the pipeline."""
-        return round(ts - self.t0, 3)
-
-    @property
-    def speed(self) -> float:
-        """Seconds of audio replayed per second of wall time."""
-        return self.duration / self.wall_s if self.wall_s > 0 else float("inf")
-
-    def event_counts(self) -> dict[str, Counter[str]]:
-        """rule id -> Counter of event kinds."""
-        out: dict[str, Counter[str]] = {}
-        for event, _window in self.events:
-            out.setdefault(event.rule_id, Counter())[event.kind] += 1
-        return out
 
 
 class SharedEngine:
@@ -168,14 +104,15 @@ def replay_file(config: Config, ruleset: RuleSet, *, engine_factory: Callable[..
         pipeline.stop()
         raise ReplayError(error, logged=True)
     bar = _progress_bar(run, enabled=progress)
+    scores = ScoreLogSink(scorelog) if scorelog is not None else None  # the daemon's own `scores_log` sink
     started = time.perf_counter()
     done = 0.0
 
     def handle(result: Result) -> None:
         nonlocal done
         events = pipeline.process(result)
-        if scorelog is not None:
-            scorelog.write(result)
+        if scores is not None:
+            scores.window(pipeline.id, result)
         window = light(result.window)
         run.results.append(dataclasses.replace(result, window=window))
         run.events.extend((event, window) for event in events)

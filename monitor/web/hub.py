@@ -1,6 +1,6 @@
 """What the page shows, kept between the daemon's main thread and the web server's event loop.
 
-The main thread writes (`WebSink`, status, rules) and never waits for a client: each update is
+The main thread writes (through `monitor.web.sink.WebSink`: windows, events, rules, status) and never waits for a client: each update is
 encoded once, appended to one bounded backlog and announced to the loop with a single
 `call_soon_threadsafe`, whatever the number of clients. Each client's stream follows the backlog
 at its own pace; one that falls further behind than the backlog holds is dropped (the page
@@ -243,16 +243,3 @@ def _mark(spans: list[list[float | None]], on: bool, t: float) -> None:
     elif not on and is_open:
         spans[-1][1] = t
 
-
-class WebSink:
-    """The daemon's sink for the page: windows and events of every room, into the hub."""
-
-    def __init__(self, hub: Hub):
-        self.hub = hub
-
-    def window(self, room: str, result: Result) -> None:
-        self.hub.add_window(room, result)
-
-    def event(self, room: str, event: Event) -> None:
-        clip = f"clips/{room}/{Path(event.clip).name}" if event.clip else None
-        self.hub.add_event(room, event, clip)

@@ -1,4 +1,4 @@
-"""The daemon's page: a `Hub` fed as one more sink, its server, and the controls it offers.
+"""The daemon's page: a `Hub` fed as one more sink (`sink`), its server, and the controls it offers.
 
 The page's mute and reload go through the daemon exactly as the MQTT commands do (queued for the
 main loop), so a room muted from the page is muted on MQTT too and remembered across restarts.
@@ -7,17 +7,14 @@ main loop), so a room muted from the page is muted on MQTT too and remembered ac
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from typing import Any
 
-from monitor.web.hub import Hub, WebSink, rule_info
+from monitor.web.hub import Hub
 from monitor.web.server import WebServer, read_web_password
 from monitor.web.settings import WebSettings
+from monitor.web.sink import WebSink
 
 log = logging.getLogger(__name__)
-
-STATUS_EVERY = 1.0  # seconds between status updates on the page
 
 Command = Callable[[str, str, str], None]
 
@@ -32,7 +29,6 @@ class LivePage:
         self._on_command = on_command
         self._wake = wake
         self._server = WebServer(self.hub, self, settings, read_web_password(settings))
-        self._last_status = 0.0
         self.url: str | None = None
 
     # ------------------------------------------------------------------ Controls (the server's thread)
@@ -46,22 +42,6 @@ class LivePage:
         self._wake()
 
     # ------------------------------------------------------------------ the daemon's main thread
-
-    def add_room(self, room: Any) -> None:
-        """An `ActiveRoom`: its panel, with its rules and clips folder."""
-        self.hub.add_room(room.id, room.name, room.clips.folder)
-        self.show_rules(room)
-
-    def show_rules(self, room: Any) -> None:
-        rules = room.pipeline.rules
-        self.hub.set_rules(room.id, rule_info(rules.ruleset), rules.on_states(), time.time())
-
-    def show_status(self, status: Callable[[], dict[str, Any]], force: bool = False) -> None:
-        """At most once a second unless `force` (a mute just changed); `status` is only called when due."""
-        now = time.monotonic()
-        if force or now - self._last_status >= STATUS_EVERY:
-            self._last_status = now
-            self.hub.set_status(status())
 
     def start(self) -> None:
         """Serve; a port in use is logged as one line and the daemon listens on without its page."""

@@ -1,0 +1,105 @@
+"""What people switch: commands from MQTT and the page (mute, reload), and the mute switches, kept in state_dir.
+
+Commands arrive on other threads (paho's, the web server's) and are only queued there; the main
+loop applies them (`apply`). A mute survives a restart: a privacy switch that forgets itself is
+no privacy switch. A whole home has a switch per room and one for every room (the node's).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from monitor.config import Config
+from monitor.rooms import ActiveRoom
+
+if TYPE_CHECKING:
+    from monitor.daemon.status import StatusBoard
+
+log = logging.getLogger(__name__)
+
+
+class Controls:
+    """The daemon's switches; `on_command` from any thread, everything else on the main thread."""
+
+    def __init__(self, config: Config, state_dir: Path, rooms: dict[str, ActiveRoom]):
+        self.config = config
+        self.state_dir = state_dir
+        self.rooms = rooms
+        self.reload_requested = threading.Event()  # set by a command, SIGHUP or the page; the main loop reloads
+        self._commands: collections.deque[tuple[str, str, str]] = collections.deque()  # (name, value, target)
+
+    @property
+    def home_mute_file(self) -> Path:
+        return self.state_dir / "muted"
+
+    def on_command(self, name: str, value: str, target: str) -> None:
+        """From the MQTT or web thread: only queue; the main loop acts."""
+        if name == "reload":
+            self.reload_requested.set()
+        else:
+            self._commands.append((name, value, target))
+
+    def home_muted(self) -> bool:
+        """Whether the whole-home switch was left ON before the restart (a whole home only)."""
+        return self.config.multi_room and load_mute(self.home_mute_file)
+
+    def restore(self, room: ActiveRoom, everywhere: bool) -> None:
+        """A new room's switches as they were left before the restart."""
+        room.set_muted(own=load_mute(room.mute_file), everywhere=everywhere)
+
+    def apply(self, board: StatusBoard) -> None:
+        """Carry out the queued commands (the main thread)."""
+        while self._commands:
+            self.command(*self._commands.popleft(), board=board)
+
+    def command(self, name: str, value: str, target: str, *, board: StatusBoard) -> None:
+        """A mute switch: a room's own, or (the node's, in a whole home) every room's."""
+        if name != "mute":
+            return
+        muted = value == "ON"
+        everywhere = self.config.multi_room and target == self.config.node_id
+        if everywhere:
+            save_mute(self.home_mute_file, muted)
+            log.info("all rooms muted" if muted else "whole-home mute off")
+            for room in self.rooms.values():
+                self.mute_room(room, board, everywhere=muted)
+        elif target in self.rooms:
+            room = self.rooms[target]
+            save_mute(room.mute_file, muted)
+            self.mute_room(room, board, own=muted)
+        board.show(urgent=True)
+
+    def mute_room(self, room: ActiveRoom, board: StatusBoard, own: bool | None = None,
+                  everywhere: bool | None = None) -> None:
+        changed = room.set_muted(own=own, everywhere=everywhere)
+        room.announce("mute")  # the switch is said again even when it did not move: a command asked
+        if not changed:
+            return
+        muted = room.pipeline.muted
+        prefix = f"{room.id}: " if self.config.multi_room else ""
+        log.info("%s%s", prefix, "muted: no questions asked, no audio kept" if muted else "unmuted: listening again")
+        board.check_hearing(room)
+        board.report()
+
+
+def load_mute(path: Path) -> bool:
+    """The switch as `save_mute` left it (off when nothing was kept)."""
+    try:
+        muted = path.read_text().strip() == "ON"
+    except OSError:
+        return False
+    if muted:
+        log.info("starting muted (as left before the restart)%s",
+                 "" if path.name == "muted" else f": {path.name.removeprefix('muted-')}")
+    return muted
+
+
+def save_mute(path: Path, muted: bool) -> None:
+    try:
+        path.write_text("ON\n" if muted else "OFF\n")
+    except OSError as exc:
+        log.warning("cannot remember the mute state in %s (%s)", path, exc.strerror)
