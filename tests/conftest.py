@@ -294,9 +294,9 @@ class VirtualMic:
         """Point this process (and children) at the server; make PortAudio see it."""
         os.environ.update(self.env)
         if "sounddevice" in sys.modules:
-            sd = sys.modules["sounddevice"]
-            sd._terminate()
-            sd._initialize()
+            from monitor.audio.portaudio import PORTAUDIO
+
+            PORTAUDIO.reinitialise()  # waits for no input stream to be open: terminating under one aborts
 
     def play(self, wav: Path | str, wait: bool = True, room: str | None = None) -> subprocess.Popen:
         """Play a file into the virtual microphone (of `room`)."""

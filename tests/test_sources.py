@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from monitor.audio.portaudio import PORTAUDIO
 from monitor.audio.ringbuffer import RingBuffer
 from monitor.audio.sources import FileSource, MicSource, SourceError, resolve_device
 from monitor.windows import WindowScheduler
@@ -249,15 +250,11 @@ def room_mics(tmp_path, monkeypatch):
     mics = VirtualMic(tmp_path / "pulse", rooms=["room_a", "room_b"])
     for key, value in mics.env.items():
         monkeypatch.setenv(key, value)
-    import sounddevice as sd
-
-    sd._terminate()  # no stream is open: PortAudio re-reads its device list
-    sd._initialize()
+    assert PORTAUDIO.reinitialise(), "an input stream of an earlier test is still open"  # PortAudio sees the rooms
     yield mics
     mics.stop()
     monkeypatch.undo()
-    sd._terminate()
-    sd._initialize()
+    PORTAUDIO.reinitialise()  # never under a stream that a failed test left opening
 
 
 def _mic(device: str, name: str) -> MicSource:

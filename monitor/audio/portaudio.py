@@ -174,6 +174,21 @@ class PortAudio:
         with self._cond:
             self._cond.wait_for(lambda: not self._restarting, timeout=timeout)
 
+    def reinitialise(self, timeout: float = 10.0) -> bool:
+        """Re-read the device list now, once no input stream is open (for up to `timeout`); True if re-read.
+
+        For whoever changed the sound server under this process (a test pointing it at another
+        PulseAudio): never under a stream, nor under a stream being opened in a `session`.
+        """
+        sd = self.module()
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._open and not self._restarting, timeout=timeout):
+                log.warning("audio: cannot re-read the device list: input streams of %s are still open",
+                            ", ".join(sorted(set(self._open.values()))))
+                return False
+            self._reinitialise(sd)
+            return True
+
     def refresh(self, device: int | str | None, who: str) -> bool:
         """Re-read the device list for `who`, whose `device` was not found or did not open; True if re-read.
 
