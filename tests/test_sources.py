@@ -283,14 +283,14 @@ def test_an_unplugged_microphone_does_not_stop_the_others(room_mics):
     kitchen.start()
     nursery.start()
     try:
-        assert kitchen.stats.first_audio.wait(10) and nursery.stats.first_audio.wait(10)
+        assert kitchen.stats.first_audio.wait(30) and nursery.stats.first_audio.wait(30)
         room_mics.unplug("room_b")
-        assert _wait(lambda: nursery.stats.state == "retrying", 10), nursery.stats
+        assert _wait(lambda: nursery.stats.state == "retrying", 30), nursery.stats
         # several of the nursery's failed reopens (backoff 0.5, 1, 1, ...s): the kitchen hears on
         assert _grows(kitchen, 5.0) > 4.0, kitchen.stats
         assert nursery.stats.state == "retrying" and nursery.stats.last_error, nursery.stats
         room_mics.plug("room_b")
-        assert _wait(lambda: nursery.stats.state == "running" and nursery.stats.restarts == 1, 20), nursery.stats
+        assert _wait(lambda: nursery.stats.state == "running" and nursery.stats.restarts == 1, 60), nursery.stats
         assert _grows(nursery, 1.0) > 0.5
         assert _grows(kitchen, 1.0) > 0.5
     finally:
@@ -307,14 +307,14 @@ def test_a_microphone_plugged_in_later_is_found_while_the_others_capture(room_mi
         kitchen.start()
         porch.start()
         try:
-            assert kitchen.stats.first_audio.wait(10)
-            assert _wait(lambda: porch.stats.state == "retrying", 10), porch.stats
+            assert kitchen.stats.first_audio.wait(30)
+            assert _wait(lambda: porch.stats.state == "retrying", 30), porch.stats
             assert porch.stats.last_error == "device not found: 'room_c'"
             # still missing: looked for (in a child process) without touching the kitchen's stream
             assert _grows(kitchen, 4.0) > 3.0 and kitchen.stats.restarts == 0, kitchen.stats
             room_mics.plug("room_c")
-            assert _wait(lambda: porch.stats.state == "running", 30), porch.stats
-            assert porch.stats.first_audio.wait(10)
+            assert _wait(lambda: porch.stats.state == "running", 60), porch.stats
+            assert porch.stats.first_audio.wait(30)
             assert _grows(kitchen, 1.0) > 0.5 and _grows(porch, 1.0) > 0.5
         finally:
             kitchen.stop()
