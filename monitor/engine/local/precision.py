@@ -8,7 +8,7 @@ check (`selfcheck`) allows that much:
 - float32 rounds every product and sum (unit roundoff u = 2^-24); a path that orders a sum
   otherwise rounds otherwise. A score is sigmoid(log-odds), so |d score| <= |d log-odds| / 4, and
   each of two forwards misses the exact log-odds by G·u, G being the model's amplification of a
-  rounding (measured against float64: 28 on tiny, 3.9e3 on `small`). 2·G·u/4 with G = 3.4e3 is
+  rounding (measured against float64: 30 on tiny, 3.9e3 on `small`). 2·G·u/4 with G = 3.4e3 is
   the 1e-4 allowed, for a score and (relative to its largest value) for the encoder's output.
 - bfloat16 multiplies in 8 bits but sums in float32 and rounds each operation's output once (a
   step of 2^-7 of the value). Two paths then differ where a float32 sum lands on the other side

@@ -191,6 +191,6 @@ def window_batching(engine: Checked) -> bool:
         log.warning("windows of %s: one per forward, because a batch of windows of different lengths differs from "
                     "each window alone by %.3g (more than %.3g)", engine.name, diff, allowed)
         return False
-    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g)",
-             engine.name, diff)
+    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g, "
+             "allowed %.3g)", engine.name, diff, allowed)
     return True
