@@ -62,8 +62,8 @@ def test_auto_dtype_on_a_cpu_follows_its_bfloat16_support_and_says_why(monkeypat
         assert not [r for r in caplog.records if r.name == "monitor.engine.placement"]
 
 
-def test_auto_dtype_on_this_machine_reads_its_own_flags(monkeypatch, tiny_model_dir):
-    """Unforced: /proc/cpuinfo decides, and the loaded model is in that dtype."""
+def test_auto_dtype_on_this_machine_reads_its_own_flags(monkeypatch, caplog, tiny_model_dir):
+    """Unforced: /proc/cpuinfo decides, the load says so, and the loaded model is in that dtype."""
     monkeypatch.delenv(placement_module.CPU_BF16_ENV, raising=False)
     flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines()
              if line.split(":")[0].strip().lower() in ("flags", "features") for f in line.split(":", 1)[1].split()}
@@ -71,8 +71,13 @@ def test_auto_dtype_on_this_machine_reads_its_own_flags(monkeypatch, tiny_model_
     assert cpu_bf16()[0] is native
     if torch.cuda.is_available():
         pytest.skip("auto picks CUDA here")
-    engine = Engine.load(ModelSettings(path=tiny_model_dir))
+    with caplog.at_level(logging.INFO, logger="monitor.engine.placement"):
+        engine = Engine.load(ModelSettings(path=tiny_model_dir))
     assert next(engine.model.parameters()).dtype == (torch.bfloat16 if native else torch.float32)
+    why = [r.getMessage() for r in caplog.records if r.name == "monitor.engine.placement"]
+    assert len(why) == 1 and why[0].startswith(
+        "model.dtype auto on the CPU: bfloat16, because the CPU has" if native else
+        "model.dtype auto on the CPU: float32, because the CPU has no native bfloat16")
     monkeypatch.setenv(placement_module.CPU_BF16_ENV, "0")  # the override the suite runs under
     assert resolve_placement(ModelSettings()).dtype == "float32"
 
