@@ -84,19 +84,14 @@ class AnswerHead:
     score's logits from the same hidden state in float32 (in float64 for a float64 model).
     """
 
-    def __init__(self, head: torch.nn.Module, yes_ids: torch.Tensor, no_ids: torch.Tensor,
-                 softcap: float | None = None):
+    def __init__(self, head: torch.nn.Module, yes_ids: torch.Tensor, no_ids: torch.Tensor):
         weight = head.weight
         dtype = softmax_dtype(weight.dtype)
         rows = torch.cat([yes_ids, no_ids]).to(weight.device)
         self.weight = weight.detach()[rows].to(dtype)
         bias = getattr(head, "bias", None)
         self.bias = bias.detach()[rows].to(dtype) if bias is not None else None
-        self.softcap = softcap
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(rows, yes + no) logits of (rows, hidden) last hidden states, soft-capped as the model's are."""
-        logits = torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        """(rows, yes + no) logits of (rows, hidden) last hidden states (before any soft-cap)."""
+        return torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
