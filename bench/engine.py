@@ -155,11 +155,14 @@ def naive_window(engine, audio: np.ndarray, prompts: list[str]) -> list[str]:
     return answers
 
 
-def timed(fn, sync) -> float:
+def timed(fn, sync, cpu_ms: list[float] | None = None) -> float:
+    """Wall ms of fn(); its CPU ms (this process's, all threads) appended to `cpu_ms` if given."""
     sync()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     fn()
     sync()
+    if cpu_ms is not None:
+        cpu_ms.append((time.process_time() - cpu_started) * 1000)
     return (time.perf_counter() - started) * 1000
 
 
@@ -230,11 +233,11 @@ def run(args: argparse.Namespace) -> int:
         for p in args.ps:
             prompts = QUESTIONS[:p]
             request_questions = tuple(Question(f"q{i}", q) for i, q in enumerate(prompts))
-            engine_ms, naive_ms, answers = [], [], {"yes": 0, "no": 0, "other": 0}
+            engine_ms, engine_cpu_ms, naive_ms, answers = [], [], [], {"yes": 0, "no": 0, "other": 0}
             for _ in range(args.repeats):
                 for w in windows:
                     req = Request(w, request_questions)
-                    engine_ms.append(timed(lambda req=req: engine.run(req), sync))
+                    engine_ms.append(timed(lambda req=req: engine.run(req), sync, engine_cpu_ms))
                     if not args.naive:
                         continue
                     got: list[str] = []
@@ -258,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
                 "encoder": engine.encoder_path, "params_m": round(params / 1e6, 1), "device": device,
                 "dtype": engine.placement.dtype, "window_s": args.window, "P": p, "questions": p,
                 "naive_ms": None if n_ms is None else round(n_ms, 1), "engine_ms": round(e_ms, 1),
+                "engine_min_ms": round(min(engine_ms), 1), "engine_cpu_ms": round(statistics.median(engine_cpu_ms), 1),
                 "speedup": None if n_ms is None else round(n_ms / e_ms, 2),
                 "marginal_pct": None if p == one_p else round((e_ms - one_question_ms) / (p - one_p) / one_question_ms * 100, 2),
                 "max_abs_diff": float(f"{diff:.3g}"), "naive_answers": answers if args.naive else None,
@@ -319,7 +323,8 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
         deepest = at[depths[-1]]
         summary = {"bench": "engine", "summary": True, "arch": args.arch, "size": args.size, "dtype": dtype,
                    "questions": deepest["P"], "window_s": args.window,
-                   "engine_ms": deepest["engine_ms"], "naive_ms": deepest["naive_ms"],
+                   "engine_ms": deepest["engine_ms"], "engine_min_ms": deepest.get("engine_min_ms"),
+                   "engine_cpu_ms": deepest.get("engine_cpu_ms"), "naive_ms": deepest["naive_ms"],
                    "rss_mb": deepest["rss_mb"], "model_rss_mb": deepest["model_rss_mb"],
                    "max_abs_diff_vs_fp32": max((x["max_abs_diff_vs_fp32"] for x in at.values()
                                                 if x["max_abs_diff_vs_fp32"] is not None), default=None),
@@ -327,10 +332,17 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
         if args.size == "slice":
             summary["layers"] = depths[-1]
             summary["engine_ms_by_layers"] = {str(d): x["engine_ms"] for d, x in at.items()}
+            summary["engine_min_ms_by_layers"] = {str(d): x.get("engine_min_ms") for d, x in at.items()}
+            summary["engine_cpu_ms_by_layers"] = {str(d): x.get("engine_cpu_ms") for d, x in at.items()}
             summary["model_rss_mb_by_layers"] = {str(d): x["model_rss_mb"] for d, x in at.items()}
             if len(depths) >= 2:
-                time_fit = bydtype.projection({d: x["engine_ms"] for d, x in at.items()}, FULL_LAYERS)
+                # the fastest window of each depth: the one other work on the machine disturbed least
+                time_fit = bydtype.projection({d: x.get("engine_min_ms") or x["engine_ms"] for d, x in at.items()},
+                                              FULL_LAYERS)
                 rss_fit = bydtype.projection({d: x["model_rss_mb"] for d, x in at.items()}, FULL_LAYERS)
+                if all(x.get("engine_cpu_ms") for x in at.values()):
+                    cpu_fit = bydtype.projection({d: x["engine_cpu_ms"] for d, x in at.items()}, FULL_LAYERS)
+                    summary.update(projected_full_cpu_ms=cpu_fit["full"], cpu_projection=cpu_fit)
                 summary.update(projected_full_ms=time_fit["full"], projection=time_fit,
                                projected_full_rss_mb=rss_fit["full"], rss_projection=rss_fit,
                                realtime_rooms=int(2000 // time_fit["full"]), hop_s=2,
