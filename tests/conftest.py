@@ -23,6 +23,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# `model.dtype: auto` picks bfloat16 on a CPU with native bfloat16 (monitor/engine/placement.py). The
+# suite's engines, and the daemons it starts, compare scores at float32's tolerances: pin auto to
+# float32 here and in every child process. tests/test_precision.py checks the choice itself, both ways.
+os.environ["MONITOR_CPU_BF16"] = "0"
+
 
 def need(condition: bool, what: str) -> None:
     """Skip (laptop) or fail (CI) when a real part the test needs is missing."""

@@ -279,7 +279,7 @@ def test_asking_for_cuda_without_cuda_says_so(tiny_model_dir):
 def test_auto_placement_is_cpu_float32_here_and_overridable():
     from monitor.engine.placement import resolve_placement
 
-    auto = resolve_placement(ModelSettings())
+    auto = resolve_placement(ModelSettings())  # the suite pins a CPU's auto to float32 (conftest; test_precision.py)
     if torch.cuda.is_available():
         assert (auto.device, auto.dtype) == ("cuda", "bfloat16")
     else:

@@ -64,8 +64,9 @@ class ModelSettings(Section):
     """Hub revision (branch, tag or commit) of `id`; null = the default branch."""
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:N."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: bfloat16 on CUDA, float32 on CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
+    """auto: bfloat16 on CUDA and on a CPU with native bfloat16 (avx512_bf16, amx_bf16, Arm bf16), else float32.
+    float64 is for checks (docs/engine.md, "Precision"), not for serving."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel. Both take the engine's shared-prefix mask; flash-attention kernels cannot."""
     system_prompt: str | None = None

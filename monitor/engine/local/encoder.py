@@ -45,14 +45,15 @@ import torch
 from torch import nn
 
 from monitor.engine.frames import audio_tokens, positions
+from monitor.engine.local.precision import UNIT_ROUNDOFF, encoder_tolerance
 
 __all__ = ["CROP_SECONDS", "CroppedEncoder", "Unsupported", "audio_tokens", "crop_positions", "positions"]
 
 log = logging.getLogger(__name__)
 
 # Max |cropped - padded| allowed by the load-time check, relative to the largest |padded| value
-# (at least 1): float32 differs only by summation order; bf16/fp16 round every layer's output.
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# (at least 1), per dtype: rounding only (`precision`).
+TOLERANCE = {dtype: encoder_tolerance(dtype) for dtype in UNIT_ROUNDOFF}
 
 # The lengths a crop is rounded up to, in seconds of the encoder's full 30 s (each whole number of
 # seconds up to 6, then steps of at most a third): the common window lengths (2, 4, 5, 8, 10, 30 s)
@@ -173,5 +174,5 @@ class CroppedEncoder:
             diffs.append(self.cropped(features[i:i + 1], [f]).float() - want[start:start + n])
             start += n
         diff = torch.cat(diffs).abs().max()
-        allowed = TOLERANCE.get(self.tower.conv1.weight.dtype, 3e-2) * max(1.0, float(want.abs().max()))
+        allowed = encoder_tolerance(self.tower.conv1.weight.dtype) * max(1.0, float(want.abs().max()))
         return bool(torch.isfinite(diff)) and float(diff) <= allowed, float(diff), allowed

@@ -28,7 +28,7 @@ from monitor.engine import families
 from monitor.engine.errors import ModelLoadError
 from monitor.engine.families import Family
 from monitor.engine.layouts import Clip, LayoutError
-from monitor.engine.local.answers import yes_no_from_logits, yes_no_token_ids
+from monitor.engine.local.answers import AnswerHead, yes_no_from_logits, yes_no_token_ids
 from monitor.engine.local.encoder import CroppedEncoder
 from monitor.engine.local.inputs import Inputs, ProcessorInputs
 from monitor.engine.local.packing import group_rows, pack_rows
@@ -83,6 +83,8 @@ class Scorer:
         self._head = model.get_output_embeddings()
         # Gemma's logits are soft-capped after the head (cap * tanh(logits / cap)): applied to the answer rows too.
         self._softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+        # the yes/no logits in float32 from the last hidden state, whatever the model's dtype (`AnswerHead`)
+        self._answers = AnswerHead(self._head, self.yes_ids, self.no_ids)
         self._float_mask = self.dtype if settings.attn_implementation == "eager" else None
         self._gen_config = self._generation_config()
         self.forward_overhead = FORWARD_OVERHEAD_TOKENS.get(self.device.type, FORWARD_OVERHEAD_TOKENS["cuda"])
@@ -250,13 +252,15 @@ class Scorer:
 
     def _logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits of some rows' last hidden states, as the model's own forward makes them."""
-        logits = self._head(last_hidden)
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        return _capped(self._head(last_hidden), self._softcap)
+
+    def _answer_logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """The yes and the no logits of some rows' last hidden states in float32 (`AnswerHead`), soft-capped."""
+        return _capped(self._answers(last_hidden), self._softcap)
 
     def _yes_no(self, last_hidden: torch.Tensor, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[float, float]]:
-        scores, masses = yes_no_from_logits(self._logits(last_hidden), self.yes_ids, self.no_ids)
+        scores, masses = yes_no_from_logits(self._logits(last_hidden), self.yes_ids, self.no_ids,
+                                            self._answer_logits(last_hidden))
         return dict(zip(keys, zip(scores.tolist(), masses.tolist(), strict=True), strict=True))
 
     @torch.inference_mode()
@@ -266,8 +270,16 @@ class Scorer:
         return {p: self._score_plain_one(audio, p) for p in dict.fromkeys(prompts)}
 
     def _score_plain_one(self, audio: np.ndarray, prompt: str) -> tuple[float, float]:
-        logits = self.model(**self._plain_inputs(audio, prompt), use_cache=False).logits[:, -1]
-        score, mass = yes_no_from_logits(logits, self.yes_ids, self.no_ids)
+        last: list[torch.Tensor] = []  # what the model's own forward feeds its LM head at the last position
+        hook = self._head.register_forward_hook(lambda module, args, out: last.append(args[0][:, -1]))
+        try:
+            logits = self.model(**self._plain_inputs(audio, prompt), use_cache=False).logits[:, -1]
+        finally:
+            hook.remove()
+        # the model's own forward soft-caps its logits as its config says: so do its answers' here
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        answers = _capped(self._answers(last[-1]), cap) if last else None
+        score, mass = yes_no_from_logits(logits, self.yes_ids, self.no_ids, answers)
         return float(score[0]), float(mass[0])
 
     # ------------------------------------------------------------------ text
@@ -309,3 +321,8 @@ class Scorer:
 
     def _decode(self, new_tokens: list[int], budget: int) -> str:
         return self.tokenizer.decode(trim(new_tokens, budget, self._eos), skip_special_tokens=True).strip()
+
+
+def _capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma's soft-cap of its logits, cap · tanh(logits / cap) (none: as they are)."""
+    return torch.tanh(logits / cap) * cap if cap else logits

@@ -23,6 +23,7 @@ import torch
 
 from monitor.engine.errors import first_line
 from monitor.engine.local.encoder import CroppedEncoder
+from monitor.engine.local.precision import UNIT_ROUNDOFF, score_tolerance
 
 if TYPE_CHECKING:
     from monitor.engine.families import Family
@@ -39,9 +40,8 @@ PACKING_QUESTIONS = (
     "Is someone falling down or has a person fallen to the floor? Listen for a thud, a crash or a body hitting the "
     "ground, followed by a groan or someone calling for help. Answer yes or no.",
 )
-# Max |packed - plain| of a score (a probability) or its yes+no mass: float32 differs only by
-# summation order; bf16/fp16 round every layer's output.
-SCORE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+# Max |packed - plain| of a score (a probability) or its yes+no mass, per dtype: rounding only (`precision`).
+SCORE_TOLERANCE = {dtype: score_tolerance(dtype) for dtype in UNIT_ROUNDOFF}
 ONE_FORWARD = 10**9  # the cost of one more forward, in tokens, that keeps any batch of windows in one forward
 
 Scores = list[dict[str, tuple[float, float]]]  # per window: {prompt: (score, mass)}
@@ -151,7 +151,7 @@ def packed_scoring(engine: Checked) -> bool:
         log.warning("yes/no scoring of %s: batched (packed scoring failed: %s)", engine.name, first_line(exc))
         return False
     diff = _largest(packed, [plain], questions)
-    allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
+    allowed = score_tolerance(engine.dtype)
     if not diff <= allowed:  # NaN fails too
         log.warning("yes/no scoring of %s: batched, because packed scoring differs from the plain forward by %.3g "
                     "(more than %.3g) on a %g s probe and %d questions", engine.name, diff, allowed,
@@ -186,11 +186,11 @@ def window_batching(engine: Checked) -> bool:
         log.warning("windows of %s: one per forward (a batch of windows failed: %s)", engine.name, type(exc).__name__)
         return False
     diff = _largest(got, plain, questions)
-    allowed = SCORE_TOLERANCE.get(engine.dtype, 5e-2)
+    allowed = score_tolerance(engine.dtype)
     if not diff <= allowed:
         log.warning("windows of %s: one per forward, because a batch of windows of different lengths differs from "
                     "each window alone by %.3g (more than %.3g)", engine.name, diff, allowed)
         return False
-    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g)",
-             engine.name, diff)
+    log.info("windows of %s: batched (a batch of windows of different lengths equals each alone within %.3g, "
+             "allowed %.3g)", engine.name, diff, allowed)
     return True
