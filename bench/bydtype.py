@@ -24,6 +24,14 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def weights_mb(params: float, dtype: str) -> float:
+    """MiB that `params` parameters take in `dtype`."""
+    return params * BYTES[dtype] / 2**20
+
+
 def parse_dtypes(text: str) -> list[str]:
     """`float32,bfloat16` -> the names, float32 first (the others are compared with it), each once."""
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))

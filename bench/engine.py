@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import shutil
 import statistics
@@ -291,7 +292,7 @@ def child_argv(args: argparse.Namespace, dtype: str, model_dir: Path | None, lay
 
 def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
     """Each dtype (and, for the slice, each depth) in a child process; lines compared with float32's; summaries."""
-    from monitor.testing.tiny.qwen2_audio import FULL_LAYERS
+    from monitor.testing.tiny.qwen2_audio import FULL_LAYERS, count_parameters
 
     script = Path(__file__).resolve()
     depths = sorted({int(d) for d in args.depths.split(",")}) if args.size == "slice" else [args.layers]
@@ -318,6 +319,7 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
                     line["_scores"] = scores
                 lines[(dtype, depth)] = got
     summaries = []
+    full_params = count_parameters("full") if args.size == "slice" else 0
     for dtype in dtypes:
         at = {depth: next((x for x in lines[(dtype, depth)] if x["P"] == 8), lines[(dtype, depth)][-1]) for depth in depths}
         deepest = at[depths[-1]]
@@ -340,19 +342,25 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
                 time_fit = bydtype.projection({d: x.get("engine_min_ms") or x["engine_ms"] for d, x in at.items()},
                                               FULL_LAYERS)
                 rss_fit = bydtype.projection({d: x["model_rss_mb"] for d, x in at.items()}, FULL_LAYERS)
+                # what a loaded full model holds: its weights, counted, and what the deepest slice held beyond its own
+                weights_mb = bydtype.weights_mb(full_params, dtype)
+                overhead_mb = deepest["model_rss_mb"] - bydtype.weights_mb(deepest["params_m"] * 1e6, dtype)
+                summary.update(full_weights_mb=round(weights_mb, 1), overhead_mb=round(overhead_mb, 1))
                 if all(x.get("engine_cpu_ms") for x in at.values()):
                     cpu_fit = bydtype.projection({d: x["engine_cpu_ms"] for d, x in at.items()}, FULL_LAYERS)
                     summary.update(projected_full_cpu_ms=cpu_fit["full"], cpu_projection=cpu_fit)
                 summary.update(projected_full_ms=time_fit["full"], projection=time_fit,
-                               projected_full_rss_mb=rss_fit["full"], rss_projection=rss_fit,
+                               projected_full_rss_mb=round(weights_mb + overhead_mb, 1), rss_projection=rss_fit,
                                realtime_rooms=int(2000 // time_fit["full"]), hop_s=2,
+                               one_room_hop_s=math.ceil(time_fit["full"] / 1000),
                                realtime_method="projected: rooms whose windows fit a 2 s hop, one after another "
                                "(on a CPU a batch costs about its windows one by one, rooms.py)")
         summaries.append(summary)
     fp32 = next((s for s in summaries if s["dtype"] == "float32"), None)
     for summary in summaries:
         if fp32 is not None:
-            for key in ("engine_ms", "model_rss_mb", "projected_full_ms"):
+            for key in ("engine_ms", "engine_cpu_ms", "model_rss_mb", "projected_full_ms", "projected_full_cpu_ms",
+                        "projected_full_rss_mb"):
                 if summary.get(key) is not None and fp32.get(key):
                     summary[f"{key}_vs_fp32"] = round(summary[key] / fp32[key], 3)
         summary.update(**bydtype.cpu(), load=bydtype.load_average())
