@@ -86,7 +86,8 @@ def speech_window(seconds: float, tmp: Path) -> tuple[np.ndarray, bool]:
         return noise(seconds, 0.1, seed=11), False
     raw, wav = tmp / "speech-raw.wav", tmp / "speech.wav"
     subprocess.run([espeak, "-w", str(raw), SPEECH], check=True, capture_output=True)
-    subprocess.run([sox, str(raw), "-r", str(RATE), "-c", "1", str(wav)], check=True, capture_output=True)
+    # -R: sox seeds its dither the same every time, so that every run (and every dtype's child) hears the same window
+    subprocess.run([sox, "-R", str(raw), "-r", str(RATE), "-c", "1", str(wav)], check=True, capture_output=True)
     audio, _ = sf.read(wav, dtype="float32")
     n = int(round(seconds * RATE))
     return np.resize(audio, n).astype(np.float32) + noise(seconds, 0.003, seed=5), True

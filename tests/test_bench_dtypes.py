@@ -64,5 +64,6 @@ def test_engine_bench_prints_a_line_per_dtype_and_a_summary(tmp_path):
         assert "scores" not in line  # the child's scores are the parent's business
     fp32, fp64 = per_p
     assert fp32["max_abs_diff_vs_fp32"] == 0.0 and fp32["engine_ms_vs_fp32"] == 1.0
-    assert 0 < fp64["max_abs_diff_vs_fp32"] < 0.01  # float32's rounding, and only that
+    # float32's rounding, and only that: both children hear the same windows (sox dithers alike in each)
+    assert 0 < fp64["max_abs_diff_vs_fp32"] < 1e-4
     assert summary["float64"]["engine_ms_vs_fp32"] > 0
