@@ -117,5 +117,8 @@ def projection(by_depth: Mapping[int, float], full_layers: int, fit_depths: Sequ
     a, b = fit_line({d: by_depth[d] for d in fit})
     checks = [{"depth": d, "predicted": round(a + b * d, 1), "measured": round(by_depth[d], 1),
                "error_pct": round((a + b * d - by_depth[d]) / by_depth[d] * 100, 1)} for d in depths if d not in fit]
-    return {"full": round(a + b * full_layers, 1), "fixed": round(a, 1), "per_layer": round(b, 2),
-            "fit_depths": fit, "checks": checks}
+    out = {"full": round(a + b * full_layers, 1), "fixed": round(a, 1), "per_layer": round(b, 2),
+           "fit_depths": fit, "checks": checks}
+    if b <= 0:  # a deeper slice was not slower: other work on the machine disturbed a depth; no projection
+        out.update(full=None, failed="no cost per layer: the deeper depth measured no slower")
+    return out

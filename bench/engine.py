@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None, help="slice: text and audio layers (default 2)")
     parser.add_argument("--depths", default="1,2,4", help="slice with --dtypes: the depths run; the two shallowest "
                         "project the full model, the others check it")
+    parser.add_argument("--fit-depths", default=None, help="slice: the depths the projection's line goes through "
+                        "(default: the two shallowest); the others check it")
     parser.add_argument("--window", type=float, default=10.0, help="window length in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the windows")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built by monitor.testing.tiny_model")
@@ -295,6 +297,7 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
     """Each dtype (and, for the slice, each depth) in a child process; lines compared with float32's; summaries."""
     from monitor.testing.tiny.qwen2_audio import FULL_LAYERS, count_parameters
 
+    fit = [int(d) for d in args.fit_depths.split(",")] if args.fit_depths else None
     script = Path(__file__).resolve()
     depths = sorted({int(d) for d in args.depths.split(",")}) if args.size == "slice" else [args.layers]
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmpdir:
@@ -341,19 +344,19 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
             if len(depths) >= 2:
                 # the fastest window of each depth: the one other work on the machine disturbed least
                 time_fit = bydtype.projection({d: x.get("engine_min_ms") or x["engine_ms"] for d, x in at.items()},
-                                              FULL_LAYERS)
+                                              FULL_LAYERS, fit)
                 rss_fit = bydtype.projection({d: x["model_rss_mb"] for d, x in at.items()}, FULL_LAYERS)
                 # what a loaded full model holds: its weights, counted, and what the deepest slice held beyond its own
                 weights_mb = bydtype.weights_mb(full_params, dtype)
                 overhead_mb = deepest["model_rss_mb"] - bydtype.weights_mb(deepest["params_m"] * 1e6, dtype)
                 summary.update(full_weights_mb=round(weights_mb, 1), overhead_mb=round(overhead_mb, 1))
                 if all(x.get("engine_cpu_ms") for x in at.values()):
-                    cpu_fit = bydtype.projection({d: x["engine_cpu_ms"] for d, x in at.items()}, FULL_LAYERS)
+                    cpu_fit = bydtype.projection({d: x["engine_cpu_ms"] for d, x in at.items()}, FULL_LAYERS, fit)
                     summary.update(projected_full_cpu_ms=cpu_fit["full"], cpu_projection=cpu_fit)
                 summary.update(projected_full_ms=time_fit["full"], projection=time_fit,
                                projected_full_rss_mb=round(weights_mb + overhead_mb, 1), rss_projection=rss_fit,
-                               realtime_rooms=int(2000 // time_fit["full"]), hop_s=2,
-                               one_room_hop_s=math.ceil(time_fit["full"] / 1000),
+                               realtime_rooms=int(2000 // time_fit["full"]) if time_fit["full"] else None, hop_s=2,
+                               one_room_hop_s=math.ceil(time_fit["full"] / 1000) if time_fit["full"] else None,
                                realtime_method="projected: rooms whose windows fit a 2 s hop, one after another "
                                "(on a CPU a batch costs about its windows one by one, rooms.py)")
         summaries.append(summary)

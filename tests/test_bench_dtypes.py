@@ -33,6 +33,8 @@ def test_a_least_squares_line_over_more_depths():
     assert fit["full"] == pytest.approx(320.0) and fit["checks"] == []
     with pytest.raises(ValueError):
         bydtype.fit_line({2: 1.0})
+    disturbed = bydtype.projection({1: 3574.0, 2: 2926.1, 4: 5471.4}, full_layers=32)  # depth 1 slowed by other work
+    assert disturbed["full"] is None and "failed" in disturbed
 
 
 def test_dtypes_list_float32_first_and_unknown_names_refused():
