@@ -3,6 +3,7 @@
     python bench/rooms.py --size small             # CPU, ~63M-parameter Qwen2-Audio, random weights
     python bench/rooms.py --size full              # GPU, the full Qwen2-Audio-7B architecture in bf16
     python bench/rooms.py --size tiny --repeats 1  # smoke run
+    python bench/rooms.py --size small --dtypes float32,bfloat16   # each dtype in its own process, compared
 
 Prints JSON lines:
 
@@ -20,6 +21,11 @@ Prints JSON lines:
 Each figure is the median of `--repeats` timed passes (after an untimed one); the two ways
 alternate which goes first, as often each way, so a machine that slows down or speeds up
 favours neither. N = 1 times the same code both ways: its ratio shows the noise of the machine.
+
+`--dtypes A,B` runs it once per dtype, each in a child process (bench/bydtype.py), on one
+checkpoint stored in bfloat16; every line gains `max_abs_diff_vs_fp32` (the rooms' batched scores
+against float32's), and one summary line per dtype gives `realtime_rooms` beside float32's and the
+peak resident size (`rss_mb`, and `model_rss_mb`: what loading and answering added).
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -41,7 +46,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.engine import QUESTIONS, speech_window  # noqa: E402
+from bench import bydtype  # noqa: E402
+from bench.engine import QUESTIONS, load_engine, speech_window  # noqa: E402
 from monitor.engine.api import Question, Request, Result  # noqa: E402
 from monitor.engine.settings import ModelSettings  # noqa: E402
 from monitor.testing.signals import make_window, noise, tone  # noqa: E402
@@ -55,19 +61,20 @@ LENGTHS = (2, 8, 30)
 log = logging.getLogger("bench.rooms")
 
 
-def make_engine(size: str, device: str, dtype: str, model_dir: Path | None, tmp: Path):
+def make_engine(size: str, device: str, dtype: str | None, model_dir: Path | None, tmp: Path):
     """tiny/small: built to disk and loaded the daemon's way; full: built in place on the device."""
     from monitor.engine.local.engine import Engine
     from monitor.engine.placement import Placement
     from monitor.testing.tiny import qwen2_audio as tiny_model
 
     if size == "full":
+        dtype = dtype or "bfloat16"
         settings = ModelSettings(path=None, device=device, dtype=dtype)
         processor = tiny_model.make_processor()
         model = tiny_model.make_model("full", processor, dtype=dtype, device=device)
         return Engine(model, processor, settings, Placement(device, dtype))
     folder = model_dir or tiny_model.build(tmp / f"{size}-model", size=size)
-    return Engine.load(ModelSettings(path=folder, device=device, dtype=dtype))
+    return load_engine(folder, device, dtype)
 
 
 def room_audio(room: int, seconds: float, speech: np.ndarray) -> np.ndarray:
@@ -124,13 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda for full, else cpu)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 (default: bfloat16 on cuda, else float32)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 (default: the daemon's auto)")
+    parser.add_argument("--dtypes", default=None, help="comma-separated: one child process per dtype, compared with float32")
+    parser.add_argument("--emit-scores", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=8, help="timed passes per figure, rounded up to even "
                         "(the median is printed)")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built by monitor.testing.tiny_model")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-rooms", type=int, default=64, help="stop the real-time search here")
     args = parser.parse_args(argv)
+    if args.dtypes:
+        try:
+            return by_dtype(args, bydtype.parse_dtypes(args.dtypes))
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("monitor.engine.local.selfcheck").setLevel(logging.INFO)
 
@@ -140,22 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if args.size == "full" else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="bench-rooms-") as tmpdir:
         tmp = Path(tmpdir)
-        engine = make_engine(args.size, device, dtype, args.model_dir, tmp)
         speech, real_speech = speech_window(30.0, tmp)
+        rss_before = bydtype.peak_rss_mb()
+        engine = make_engine(args.size, device, args.dtype, args.model_dir, tmp)
         common = {
             "bench": "rooms", "size": args.size, "params_m": round(sum(p.numel() for p in engine.model.parameters()) / 1e6, 1),
             "device": device, "dtype": engine.placement.dtype, "encoder": engine.encoder_path,
             "max_batch": engine.max_batch, "speech": real_speech, "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+            "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None, **bydtype.cpu(),
         }
 
         def emit(line: dict[str, Any]) -> None:
-            print(json.dumps({**line, **common, "load": round(os.getloadavg()[0], 2)}), flush=True)
+            rss = {"rss_mb": bydtype.peak_rss_mb(), "model_rss_mb": round(bydtype.peak_rss_mb() - rss_before, 1)}
+            print(json.dumps({**line, **common, **rss, "load": bydtype.load_average()}), flush=True)
 
         engine.calibrate(QUESTIONS, WINDOW_S)
         rooms = [room_request(i, WINDOW_S, speech, seq=i) for i in range(max(ROOMS))]
@@ -167,9 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             b_ms, o_ms, b_out, o_out = compare(lambda b=batch: engine.answer(b),
                                                lambda b=batch: [engine.run(r) for r in b], args.repeats, sync)
             batched[n] = b_ms
-            emit({"sources": n, "questions": P, "batched_ms": round(b_ms, 1), "one_by_one_ms": round(o_ms, 1),
-                  "max_abs_diff": float(f"{max_diff(b_out, o_out):.3g}"), "ratio": round(b_ms / o_ms, 3),
-                  "window_s": WINDOW_S})
+            line = {"sources": n, "questions": P, "batched_ms": round(b_ms, 1), "one_by_one_ms": round(o_ms, 1),
+                    "max_abs_diff": float(f"{max_diff(b_out, o_out):.3g}"), "ratio": round(b_ms / o_ms, 3),
+                    "window_s": WINDOW_S}
+            if args.emit_scores:
+                line["scores"] = [r.scores[k].score for r in b_out for k in sorted(r.scores)]
+            emit(line)
 
         encoder = engine.encoder
         for seconds in LENGTHS:
@@ -221,6 +239,50 @@ def main(argv: list[str] | None = None) -> int:
         emit({"realtime_rooms": fits, "hop_s": HOP_S, "questions": P, "window_s": WINDOW_S,
               "batched_ms_per_hop": {str(k): round(v, 1) for k, v in sorted(measured.items())},
               "method": "measured: the largest N whose batched time per hop is under the hop"})
+    return 0
+
+
+def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
+    """The bench once per dtype, each in a child process, on one bfloat16-stored checkpoint; compared with float32."""
+    from monitor.testing.tiny import qwen2_audio as tiny_model
+
+    script = Path(__file__).resolve()
+    summaries: dict[str, dict[str, Any]] = {}
+    reference: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-rooms-") as tmpdir:
+        model_dir = args.model_dir
+        if model_dir is None and args.size != "full":
+            model_dir = tiny_model.build(Path(tmpdir) / f"{args.size}-model", size=args.size, dtype="bfloat16")
+        for dtype in dtypes:
+            argv = ["--size", args.size, "--dtype", dtype, "--repeats", str(args.repeats),
+                    "--max-rooms", str(args.max_rooms), "--emit-scores"]
+            for flag, value in (("--device", args.device), ("--threads", args.threads), ("--model-dir", model_dir)):
+                if value is not None:
+                    argv += [flag, str(value)]
+            diffs = []
+            for line in bydtype.run_child(script, argv):
+                scores = line.pop("scores", None)
+                if "sources" in line:
+                    if dtype == "float32":
+                        reference[line["sources"]] = scores
+                    line["max_abs_diff_vs_fp32"] = bydtype.max_abs_diff(scores, reference.get(line["sources"]))
+                    diffs.append(line["max_abs_diff_vs_fp32"])
+                if "realtime_rooms" in line:
+                    summaries[dtype] = {
+                        "bench": "rooms", "summary": True, "size": args.size, "dtype": dtype,
+                        "realtime_rooms": line["realtime_rooms"], "hop_s": line["hop_s"], "window_s": line["window_s"],
+                        "questions": line["questions"], "batched_ms_per_hop": line["batched_ms_per_hop"],
+                        "encoder": line["encoder"], "rss_mb": line["rss_mb"], "model_rss_mb": line["model_rss_mb"],
+                        "max_abs_diff_vs_fp32": max((d for d in diffs if d is not None), default=None)}
+                print(json.dumps(line), flush=True)
+    fp32 = summaries.get("float32")
+    for dtype, summary in summaries.items():
+        if fp32 is not None:
+            summary["realtime_rooms_vs_fp32"] = round(summary["realtime_rooms"] / fp32["realtime_rooms"], 2) \
+                if fp32["realtime_rooms"] else None
+            summary["model_rss_mb_vs_fp32"] = round(summary["model_rss_mb"] / fp32["model_rss_mb"], 3)
+        summary.update(**bydtype.cpu(), load=bydtype.load_average())
+        print(json.dumps(summary), flush=True)
     return 0
 
 

@@ -13,7 +13,7 @@ from conftest import REPO
 from monitor.engine import families
 from monitor.testing import tiny
 from monitor.testing.tiny.common import build_tokenizer
-from monitor.testing.tiny.qwen2_audio import SIZES, count_parameters, make_config
+from monitor.testing.tiny.qwen2_audio import FULL_LAYERS, SIZES, SLICE_LAYERS, count_parameters, make_config
 
 QUESTION = "Is a baby or an infant crying in this recording?"
 
@@ -87,6 +87,26 @@ def test_small_is_a_50m_model_with_qwen2_audio_proportions():
 def test_full_is_the_published_qwen2_audio_7b_architecture():
     assert SIZES["full"]["text"]["hidden_size"] == 4096
     assert 8.2e9 < count_parameters("full") < 8.6e9
+
+
+def test_slice_is_the_7b_at_every_width_with_fewer_layers():
+    """The CPU bench's real-width slice: the 7B's widths, heads, FFN and vocabulary, only its depth cut;
+    built 32 deep it is the full model, and each layer adds the same parameters (what the projection assumes)."""
+    tok = build_tokenizer()
+    sliced, full = make_config("slice", tok), make_config("full", tok)
+    for part in ("text_config", "audio_config"):
+        a, b = getattr(sliced, part).to_dict(), getattr(full, part).to_dict()
+        differ = {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+        depth = {"num_hidden_layers", "layer_types"} if part == "text_config" else {"encoder_layers"}
+        assert differ <= depth and differ & {"num_hidden_layers", "encoder_layers"}, (part, differ)
+        assert set(a.get("layer_types") or ()) == set(b.get("layer_types") or ())  # the same kind of layer, fewer
+    assert sliced.text_config.num_hidden_layers == sliced.audio_config.encoder_layers == SLICE_LAYERS < FULL_LAYERS
+    assert make_config("slice", tok, layers=5).audio_config.encoder_layers == 5
+    one, two = count_parameters("slice", layers=1), count_parameters("slice", layers=2)
+    assert count_parameters("slice", layers=FULL_LAYERS) == count_parameters("full")
+    assert count_parameters("slice", layers=4) - two == 2 * (two - one)
+    with pytest.raises(ValueError, match="layers"):
+        make_config("slice", tok, layers=0)
 
 
 def test_command_line_builds_a_loadable_checkpoint(tmp_path):

@@ -75,10 +75,20 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                      num_key_value_heads=32, vocab_size=156032, max_position_embeddings=8192, rms_norm_eps=1e-5),
     },
 }
+FULL_LAYERS = SIZES["full"]["text"]["num_hidden_layers"]  # 32 text layers and 32 audio encoder layers
+SLICE_LAYERS = 2
+SIZES["slice"] = {
+    "audio": {**SIZES["full"]["audio"], "encoder_layers": SLICE_LAYERS},
+    "text": {**SIZES["full"]["text"], "num_hidden_layers": SLICE_LAYERS},
+}
 
 
-def make_config(size: str, tokenizer: Any) -> Any:
-    """The Qwen2AudioConfig of a size, wired to the tokenizer's special-token ids."""
+def make_config(size: str, tokenizer: Any, layers: int | None = None) -> Any:
+    """The Qwen2AudioConfig of a size, wired to the tokenizer's special-token ids.
+
+    `layers`: that many text layers and as many audio encoder layers instead of the size's own
+    (the `slice` bench's depths); every width stays the size's.
+    """
     from transformers import Qwen2AudioConfig
 
     if size not in SIZES:
@@ -89,12 +99,18 @@ def make_config(size: str, tokenizer: Any) -> Any:
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
                 tie_word_embeddings=False)
     text.update(spec["text"])
+    if layers is not None:
+        if layers < 1:
+            raise ValueError(f"layers must be at least 1 (got {layers})")
+        text["num_hidden_layers"] = layers
     text["vocab_size"] = max(text["vocab_size"], len(tokenizer))
     audio = dict(model_type="qwen2_audio_encoder", num_mel_bins=128, max_source_positions=1500)
     audio.update(spec["audio"])
+    if layers is not None:
+        audio["encoder_layers"] = layers
     # Wider initial weights than a trained model's 0.02 so that random answers are not all ~50/50:
     # tests compare scores that actually differ between questions and windows.
-    init = 0.02 if size == "full" else 0.2
+    init = 0.02 if size in ("full", "slice") else 0.2
     config = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=ids["<|AUDIO|>"])
     config.text_config.initializer_range = init
     config.audio_config.initializer_range = init
@@ -102,12 +118,12 @@ def make_config(size: str, tokenizer: Any) -> Any:
     return config
 
 
-def count_parameters(size: str) -> int:
-    """Parameters of a size's model, counted without allocating its weights."""
+def count_parameters(size: str, layers: int | None = None) -> int:
+    """Parameters of a size's model (at `layers` deep, see make_config), counted without allocating its weights."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
-    config = make_config(size, build_tokenizer())
+    config = make_config(size, build_tokenizer(), layers)
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
     return sum(p.numel() for p in model.parameters())
@@ -125,13 +141,14 @@ def make_processor(tokenizer: Any | None = None) -> Any:
                                chat_template=CHAT_TEMPLATE)
 
 
-def make_model(size: str, processor: Any, seed: int = 0, dtype: str = "float32", device: str = "cpu") -> Any:
-    """A random-weight Qwen2AudioForConditionalGeneration of a size, built directly on `device`."""
+def make_model(size: str, processor: Any, seed: int = 0, dtype: str = "float32", device: str = "cpu",
+               layers: int | None = None) -> Any:
+    """A random-weight Qwen2AudioForConditionalGeneration of a size (at `layers` deep), built directly on `device`."""
     import torch
     from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration
 
     tokenizer = processor.tokenizer
-    config = make_config(size, tokenizer)
+    config = make_config(size, tokenizer, layers)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, dtype))  # initialise in the target dtype: a 7B model never exists in fp32
