@@ -186,19 +186,19 @@ def test_a_whole_homes_status_and_status_line_name_the_rooms_the_model_does_not_
     kitchen.pipeline.process(_result(1, error="boom"))
     kitchen.pipeline.clock = lambda: 106.0
     kitchen.pipeline.process(_result(2, error="boom"))
-    daemon._check_model()
+    daemon.board.check_model()
     status = daemon.status()
     assert (status["state"], status["model"]) == ("listening", "model_failed")  # the porch still listens
     assert status["rooms"]["kitchen"]["state"] == "model_failed" and status["rooms"]["porch"]["model"] == "ok"
-    assert daemon._status_line().startswith("model failed: kitchen; 1/2 rooms listening: ")
+    assert daemon.board.status_line().startswith("model failed: kitchen; 1/2 rooms listening: ")
     assert daemon.metrics.model_ok.labels("kitchen")._value.get() == 0
     daemon.worker.health.failed(200.0, "out of memory")  # then the engine fails every room
     daemon.worker.health.failed(205.0, "out of memory")
-    daemon._check_model()
+    daemon.board.check_model()
     assert daemon.status()["state"] == "model_failed"
-    assert daemon._status_line().startswith("model failed: kitchen, porch; 0/2 rooms listening: ")
+    assert daemon.board.status_line().startswith("model failed: kitchen, porch; 0/2 rooms listening: ")
     daemon.worker.health.answered()
     kitchen.pipeline.process(_result(3))
-    daemon._check_model()
+    daemon.board.check_model()
     assert daemon.status()["state"] == "listening" and daemon.status()["model"] == "ok"
     assert daemon.metrics.model_ok.labels("porch")._value.get() == 1

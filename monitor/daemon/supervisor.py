@@ -292,12 +292,6 @@ class Daemon:
         """The JSON status (see `StatusBoard.status`)."""
         return self.board.status()
 
-    def _status_line(self) -> str:
-        return self.board.status_line()
-
-    def _check_model(self) -> None:
-        self.board.check_model()
-
 
 def _model_name(config: Config) -> str:
     """The model as a log line may name it: a served one by name and redacted address."""
