@@ -13,6 +13,7 @@ import numpy as np
 from monitor.audio.base import CaptureStats, SourceError
 from monitor.audio.convert import Converter
 from monitor.audio.ringbuffer import RingBuffer
+from monitor.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class FileSource:
     def _open_with_ffmpeg(self, sndfile_error: Exception) -> Any:
         from monitor.audio.decode import AvFile, DecodeError, ffmpeg_available
 
-        first = str(sndfile_error).splitlines()[0] if str(sndfile_error) else type(sndfile_error).__name__
+        first = first_line(sndfile_error, with_type=False)
         reason = first.replace(f"Error opening {str(self.path)!r}: ", "")
         if not ffmpeg_available():
             raise SourceError(f"audio.source: cannot decode {self.path} ({reason}); WAV, FLAC and OGG work, "

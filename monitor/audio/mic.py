@@ -13,6 +13,7 @@ from monitor.audio.base import CaptureStats, SourceError, fill_gap
 from monitor.audio.convert import Converter
 from monitor.audio.portaudio import PORTAUDIO, DeviceNotFound, resolve_device
 from monitor.audio.ringbuffer import Overwritten, RingBuffer
+from monitor.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class MicSource:
             except Exception as exc:  # noqa: BLE001 - PortAudioError, SourceError, ValueError from bad settings, ...
                 message = exc.short if isinstance(exc, DeviceNotFound) else _describe(exc)
                 if self.stats.state != "retrying" or message != self.stats.last_error:
-                    text = str(exc).splitlines()[0] if isinstance(exc, SourceError) else message
+                    text = first_line(exc, with_type=False) if isinstance(exc, SourceError) else message
                     log.error("audio: %s: cannot open input device (%s); retrying every %gs at most", self.name, text,
                               self.max_backoff)
                 self.stats.state, self.stats.last_error = "retrying", message
@@ -229,6 +230,4 @@ class MicSource:
 
 def _describe(exc: BaseException) -> str:
     """An exception in one line: its first line, named by its type unless it says nothing else."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and not isinstance(exc, SourceError) else text or name
+    return first_line(exc, with_type=not isinstance(exc, SourceError))

@@ -33,6 +33,7 @@ from pydantic import BeforeValidator, Field, ValidationError
 
 from monitor.audio.formats import AUDIO_FORMATS, AUDIO_SUFFIXES
 from monitor.configtypes import ConfigPath, Section, parse_duration
+from monitor.errors import first_line
 from monitor.rules import RuleSet
 from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, pydantic_problems
 
@@ -109,7 +110,7 @@ def _duration(path: Path) -> tuple[float | None, str | None]:
             frames, rate = decoded.frames, decoded.samplerate
             decoded.close()
         except Exception as exc2:  # noqa: BLE001 - corrupt and unknown formats alike
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc, with_type=False)
             return None, f"cannot decode ({reason}; FFmpeg: {error_text(exc2)}); expected an audio recording"
     if frames <= 0:
         return None, "the recording is empty"
