@@ -18,11 +18,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 
 from monitor.audio.base import STREAM_SCHEMES
-from monitor.configtypes import CliText, ConfigPath, Duration, Section, expand_env, resolve_path
+from monitor.configtree import read_tree
+from monitor.configtypes import CliText, ConfigPath, Duration, Section, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.publish.settings import MqttSettings
 from monitor.web.settings import WebSettings
-from monitor.yamlsource import Located, Problem, ValidationFailed, format_loc, load_yaml, parse_yaml, pydantic_problems
+from monitor.yamlsource import Problem, ValidationFailed, format_loc, pydantic_problems
 
 MODEL_RATE = 16_000  # every model of the family takes 16 kHz mono
 
@@ -341,86 +342,14 @@ def _rules_problem(path: Path) -> str | None:
 # ---------------------------------------------------------------------------- loading
 
 
-def _expand(data: Any, loc: tuple[Any, ...], located: Located, problems: list[Problem]) -> Any:
-    if isinstance(data, dict):
-        return {k: _expand(v, (*loc, k), located, problems) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_expand(v, (*loc, i), located, problems) for i, v in enumerate(data)]
-    if isinstance(data, str) and "${" in data:
-        try:
-            return type(data)(expand_env(data))
-        except ValueError as exc:
-            problems.append(Problem(located.source, located.line_of(loc), format_loc(loc), str(exc)))
-    return data
-
-
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """'windows.hop=2s' -> (('windows', 'hop'), '2s'); values are YAML.
-
-    A value that is not valid YAML (or that YAML would refuse: `[*a`, an alias bomb, a control
-    character) is taken as the plain string the user typed, which the config then accepts or
-    rejects like any other string; it is read with the same bounded loader as the files.
-    """
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ValueError(f"--set {text!r}: expected key.path=value, e.g. --set windows.hop=2s")
-    try:
-        value = parse_yaml(raw, "--set").data if raw.strip() else None
-    except ValidationFailed:
-        value = raw
-    if isinstance(value, str):
-        value = CliText(value)
-    return tuple(key.split(".")), value
-
-
-def _apply_override(data: dict[str, Any], path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
-    """Set `path` to `value`; the paths of the sections it had to create or replace (a
-    `--set audio.source.x=1` turns the file's `source: mic` into a mapping), whose problems
-    are then the `--set`'s, not the file's."""
-    node = data
-    made = []
-    for depth, part in enumerate(path[:-1], 1):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-            made.append(path[:depth])
-        node = child
-    node[path[-1]] = value
-    return made
-
-
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read, expand ${ENV}, apply `--set` overrides and validate; raise ValidationFailed with every problem."""
-    if path is None:
-        located = Located({}, "<defaults>")
-        base_dir = Path.cwd()
-    else:
-        located = load_yaml(path)
-        base_dir = Path(path).resolve().parent
-    problems: list[Problem] = []
-    data = located.data
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValidationFailed([Problem(located.source, 1, "", "the config must be a mapping of keys (node_id:, audio:, ...)")])
-    data = _expand(data, (), located, problems)
-
-    override_locs: dict[tuple[Any, ...], str] = {}
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-        except ValueError as exc:
-            problems.append(Problem("--set", None, "", str(exc)))
-            continue
-        for made in _apply_override(data, key, value):
-            override_locs.setdefault(made, text)
-        override_locs[key] = text
+    tree = read_tree(path, overrides)
+    located, problems, override_locs = tree.located, tree.problems, tree.override_locs
 
     config = None
     try:
-        config = Config.model_validate(data, context={"base_dir": base_dir})
+        config = Config.model_validate(tree.data, context={"base_dir": tree.base_dir})
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, located, overrides=override_locs))
     if config is not None:
