@@ -1,13 +1,14 @@
 """The daemon's incidents: every ON event gets one, descriptions are asked at low priority, incidents go out.
 
 On the daemon's main thread: `stamp` sees each ON event before the sinks do (its room's clip
-already attached) and gives it the incident id; for a `describe` rule it asks the engine, in its
-low-priority lane, what the window that turned it ON holds (the text path every backend has:
-local, served, SALMONN). A louder room that joins before the engine took the question replaces
-it: the description is of the room the incident is attributed to, when it can be. The engine
-thread only queues the answer (`_answered`); `tick` turns it into a `described` event on the
-room's rule topic, sends the incident (first, or again as an update) on the node's
-`{rule}/incident` topic, and keeps the incident's JSON beside each clip it names.
+already attached) and gives it the incident id. `tick` sends an incident on the node's
+`{rule}/incident` topic once every room that could join has (one room: at once), or its window
+has passed; then, for a `describe` rule, it asks the engine, in its low-priority lane, what the
+window of the room the incident is attributed to holds (the text path every backend has: local,
+served, SALMONN): one question per incident, about the room that heard it best. The engine
+thread only queues the answer (`_answered`); `tick` turns it into a `described` event on that
+room's rule topic and sends the incident again (`update: true`). The incident's JSON, as last
+sent, is kept beside each clip it names.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from monitor.rules import YesNoRule
 if TYPE_CHECKING:
     from monitor.engine.worker import EngineWorker
     from monitor.rooms import ActiveRoom
+    from monitor.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class IncidentDesk:
         self.grouper = Grouper(config.incidents.window)
         self.publish: Publish | None = None  # set once the publisher exists
         self._answers: deque[tuple[str, str, Result]] = deque(maxlen=64)  # (incident, room, answer) from the engine
+        self._windows: dict[str, Window] = {}  # ON event id -> its window, until its incident is first sent
         self._failed_logged = False
 
     # ------------------------------------------------------------------ ON events (main thread)
@@ -61,15 +64,22 @@ class IncidentDesk:
                         window.dbfs if window is not None else math.nan, event.clip,
                         (event.window_start, event.window_end))
         incident, _new = self.grouper.join(event.rule_id, event.rule_name, member, self.clock())
-        rule = room.pipeline.rules.ruleset.get(event.rule_id)
-        if isinstance(rule, YesNoRule) and rule.describes and window is not None and incident.description is None \
-                and incident.attributed is member:
-            task = TextTask(key=rule.id, prompt=rule.describe_prompt, start=window.start, end=window.end,
-                            max_new_tokens=self.config.describe.max_new_tokens)
-            request = Request(window=window, texts=(task,), source=room.id, live=True)
-            iid = incident.id
-            self.worker.submit_low(iid, request, lambda answer, rid=room.id: self._answered(iid, rid, answer))
+        if window is not None and incident.sent == 0:
+            self._windows[event.id] = window
         return dataclasses.replace(event, incident=incident.id)
+
+    def _ask(self, incident: Incident) -> None:
+        """Ask what the attributed room's window holds, when its rule describes (at low priority)."""
+        top = incident.attributed
+        room, window = self.rooms.get(top.room), self._windows.get(top.event)
+        rule = room.pipeline.rules.ruleset.get(incident.rule) if room is not None else None
+        if not isinstance(rule, YesNoRule) or not rule.describes or window is None:
+            return
+        task = TextTask(key=rule.id, prompt=rule.describe_prompt, start=window.start, end=window.end,
+                        max_new_tokens=self.config.describe.max_new_tokens)
+        request = Request(window=window, texts=(task,), source=top.room, live=True)
+        iid = incident.id
+        self.worker.submit_low(iid, request, lambda answer, rid=top.room: self._answered(iid, rid, answer))
 
     def _answered(self, incident: str, room: str, result: Result) -> None:
         """From the engine thread: a description came back; the main loop takes it."""
@@ -110,8 +120,6 @@ class IncidentDesk:
             log.log(level, "incidents: no description of incident %s (%s)", incident_id,
                     result.error or ("forgotten" if incident is None else "the model answered nothing"))
             return
-        if incident.description is not None:
-            return  # a second answer (a louder room's, asked while the first was answered): the first stands
         self.grouper.describe(incident_id, text)
         room = self.rooms.get(room_id)
         member = next((m for m in incident.members if m.room == room_id), None)
@@ -126,6 +134,7 @@ class IncidentDesk:
 
     def _send(self, incident: Incident) -> None:
         payload = incident.payload(self.config.web.public_url)
+        first = incident.sent == 0
         self.grouper.mark_sent(incident)
         body = json.dumps(payload, ensure_ascii=False)
         log.info("incident %s %s: %s (%s)%s%s", incident.rule, incident.id, payload["room"],
@@ -137,3 +146,7 @@ class IncidentDesk:
             room = self.rooms.get(member.room)
             if room is not None and member.clip:
                 room.clips.save_note(member.clip, {**payload, "event": member.event})
+        if first:
+            self._ask(incident)
+            for member in incident.members:
+                self._windows.pop(member.event, None)
