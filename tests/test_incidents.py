@@ -20,10 +20,13 @@ import yaml
 
 from monitor.config import load_config
 from monitor.daemon import Daemon
-from monitor.engine.api import Score
+from monitor.engine.api import Question, Request, Score, TextTask
 from monitor.engine.local.engine import Engine
+from monitor.engine.settings import ModelSettings
+from monitor.engine.worker import EngineWorker
 from monitor.incidents.grouping import Grouper, Member
 from monitor.systemd import Notifier
+from monitor.testing.signals import make_window, noise
 
 RATE = 16_000
 
@@ -222,6 +225,86 @@ def test_a_slow_description_waits_for_every_room_s_windows_and_delays_none_past_
     assert all(i["room"] == "kitchen" and len(i["rooms"]) == 3 for i in incidents)
     assert sum(1 for i in incidents if i["update"] and i["description"]) == 2
     assert daemon.status()["descriptions"] == {"answered": 2, "dropped": 0}
+
+
+# ---------------------------------------------------------------------------- the low-priority lane
+
+
+class HeldEngine(Engine):
+    """The real tiny engine, one request per call, each held at a gate until the test opens it; records the order."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_batch = 1
+        self.gate = threading.Semaphore(0)
+        self.started = threading.Semaphore(0)
+        self.order: list[str] = []
+
+    def answer(self, requests):
+        (r,) = requests
+        self.order.append(f"{r.source}:{'describe' if r.texts else r.window.seq}")
+        self.started.release()
+        assert self.gate.acquire(timeout=60), "the test never let it through"
+        return super().answer(requests)
+
+
+def _window(source: str, seq: int) -> Request:
+    return Request(make_window(noise(1.0, seed=seq), seq=seq, start=seq * RATE),
+                   (Question("fall", "Did someone fall? Answer yes or no."),), source=source)
+
+
+def _description(source: str) -> Request:
+    window = make_window(noise(1.0, seed=99), seq=99, start=99 * RATE)
+    return Request(window, texts=(TextTask("fall", "Describe it.", window.start, window.end, max_new_tokens=3),),
+                   source=source)
+
+
+def test_the_low_lane_goes_after_every_room_s_waiting_windows_and_drops_what_waited_too_long(tiny_model_dir, caplog):
+    loaded = Engine.load(ModelSettings(path=tiny_model_dir))
+    made: list[HeldEngine] = []
+    answers: list = []
+    worker = EngineWorker(loaded.settings, lambda r: answers.append(r), inbox_size=2, low_max_wait=2.0,
+                          engine_factory=lambda s: made.append(HeldEngine(loaded.model, loaded.processor, s,
+                                                                          loaded.placement)) or made[-1]).start()
+    try:
+        assert worker.wait_ready(60)
+        engine = made[0]
+        described: list = []
+        # the engine is busy with the kitchen's window; meanwhile a description and windows of both rooms come
+        assert worker.submit(_window("kitchen", 1), drop_oldest=True)
+        assert engine.started.acquire(timeout=30)
+        assert worker.submit_low("i1", _description("kitchen"), described.append)
+        assert worker.submit(_window("hall", 2), drop_oldest=True)
+        assert worker.submit(_window("kitchen", 3), drop_oldest=True)
+        for _ in range(3):  # the windows first, whatever came first
+            engine.gate.release()
+            assert engine.started.acquire(timeout=30)
+        assert engine.order == ["kitchen:1", "hall:2", "kitchen:3", "kitchen:describe"]
+        engine.gate.release()
+        wait = time.monotonic() + 30
+        while not described and time.monotonic() < wait:
+            time.sleep(0.02)
+        assert len(described) == 1 and described[0].source == "kitchen" and described[0].texts
+        assert [r.window.seq for r in answers] == [1, 2, 3]  # a description never reaches the rooms' windows
+        # a description that waits longer than low_max_wait behind live windows is dropped, counted, logged once
+        assert worker.submit(_window("hall", 4), drop_oldest=True)
+        assert engine.started.acquire(timeout=30)
+        assert worker.submit_low("i2", _description("hall"), described.append)
+        assert worker.submit_low("i3", _description("hall"), described.append)
+        time.sleep(2.5)
+        with caplog.at_level("DEBUG", logger="monitor.engine.worker"):
+            engine.gate.release()
+            wait = time.monotonic() + 30
+            while worker.stats.low_dropped < 2 and time.monotonic() < wait:
+                time.sleep(0.02)
+        assert worker.stats.low_dropped == 2 and worker.stats.low_answered == 1 and len(described) == 1
+        dropped = [r for r in caplog.records if "was dropped" in r.getMessage()]
+        assert [r.levelname for r in dropped] == ["INFO", "DEBUG"]
+        assert worker.wait_idle(10)
+    finally:
+        for _ in range(5):
+            made[0].gate.release() if made else None
+        worker.stop(timeout=10)
 
 
 # ---------------------------------------------------------------------------- the grouping, by numbers
