@@ -8,12 +8,14 @@ pruning both run on the daemon's control thread, so they never race each other.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -25,6 +27,7 @@ from monitor.events import Event
 log = logging.getLogger(__name__)
 
 PARTIAL = ".part"  # a clip being written; renamed into place when complete
+NOTE = ".json"  # beside a clip: what is known of it (its incident: the rooms, the description); goes with it
 
 
 class ClipStore:
@@ -82,6 +85,20 @@ class ClipStore:
         self.saved += 1
         return path
 
+    def save_note(self, clip: str | Path, note: dict[str, Any]) -> None:
+        """Keep `note` beside a clip of this folder (`NAME.json`), replacing the last one; logged when it cannot."""
+        path = Path(clip).with_suffix(NOTE)
+        if path.parent.resolve() != self.folder.resolve() or not Path(clip).is_file():
+            return  # not one of this folder's clips, or deleted already
+        partial = path.with_name(path.name + PARTIAL)
+        try:
+            partial.write_text(json.dumps(note, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(partial, path)
+        except OSError as exc:
+            log.warning("clips: cannot write %s (%s); check that state_dir is writable and not full", path, exc)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+
     def prune(self, keep: Iterable[str] = ()) -> list[Path]:
         """Delete clips past max_age, then the oldest until under max_total_mb; never those in `keep`.
 
@@ -121,6 +138,8 @@ class ClipStore:
             except OSError as exc:
                 log.warning("clips: cannot delete %s (%s)", path, exc)
                 continue
+            with contextlib.suppress(OSError):
+                path.with_suffix(NOTE).unlink(missing_ok=True)  # its note goes with it
             total -= size
             deleted.append(path)
         if deleted:

@@ -21,6 +21,7 @@ from monitor.audio.base import STREAM_SCHEMES
 from monitor.configtree import read_tree
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, resolve_path
 from monitor.engine.settings import ModelSettings
+from monitor.incidents.settings import DescribeSettings, IncidentSettings
 from monitor.publish.settings import MqttSettings
 from monitor.web.settings import WebSettings
 from monitor.yamlsource import Problem, ValidationFailed, format_loc, pydantic_problems
@@ -182,6 +183,8 @@ class Config(Section):
     clips: ClipSettings = ClipSettings()
     web: WebSettings = WebSettings()
     """The live page: http://127.0.0.1:8765/ by default."""
+    describe: DescribeSettings = DescribeSettings()
+    incidents: IncidentSettings = IncidentSettings()
     scores_log: ConfigPath | None = None
     """Append every window's level, speech ratio and scores to this JSONL file (for tuning), as replay writes."""
     stop_timeout: Duration = Field(10.0, gt=0)

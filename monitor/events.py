@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-EventKind = Literal["on", "off", "text", "match"]
+EventKind = Literal["on", "off", "text", "match", "described"]
 
 
 def iso_time(ts: float) -> str:
@@ -28,11 +28,12 @@ class Event:
     window_end: float
     score: float | None = None  # raw P(yes) for yes_no rules
     lift: float | None = None  # score minus the rule's score on silence
-    text: str | None = None  # the answer of a text rule, or the transcript a match rule fired on
+    text: str | None = None  # the answer of a text rule, the transcript a match rule fired on, or a description
     clip: str | None = None  # path of the evidence clip, when one was saved
     source_rule: str | None = None  # for `match` events: the text rule whose answer matched
     source: str = ""  # the room (source id) whose rule it is; names the topics it goes to
     reason: str | None = None  # for `off` events: released, schedule, rule_changed, rule_removed, rule_disabled, muted, capture_lost, model_failed
+    incident: str | None = None  # for `on` and `described` events: the incident (one sound, maybe several rooms)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)  # unique; a hub drops duplicates by it
 
     def with_clip(self, path: str) -> Event:
@@ -64,6 +65,8 @@ class Event:
             out["source_rule"] = self.source_rule
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.incident is not None:
+            out["incident"] = self.incident
         if self.clip is not None:
             out["clip"] = self.clip
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class ActiveRoom:
         self._state_dir = state_dir
         self.own_mute = False  # this room's switch (a one-room monitor has only this one)
         self.all_mute = False  # the whole-home switch of a daemon with `sources:`
+        # what an ON event passes through before the sinks get it (the daemon's incidents stamp it)
+        self.stamp: Callable[[ActiveRoom, Event, Result | None], Event] | None = None
 
     @property
     def label(self) -> str:
@@ -71,7 +73,13 @@ class ActiveRoom:
     def publish(self, events: list[Event], result: Result | None) -> None:
         """Attach clips and hand each event to the sinks (each on its own: one failure stops nothing else)."""
         for event in events:
-            self.sinks.event(self.id, self._with_clip(event, result))
+            event = self._with_clip(event, result)
+            if self.stamp is not None and event.kind == "on":
+                try:
+                    event = self.stamp(self, event, result)
+                except Exception as exc:  # noqa: BLE001 - the alarm goes out without its incident
+                    self._survive(f"the incident of event {event.rule_id} {event.kind} id={event.id}", exc)
+            self.sinks.event(self.id, event)
 
     def announce(self, *changed: Part) -> None:
         """Tell the sinks that these parts of the room's lasting state changed (see `RoomState`)."""

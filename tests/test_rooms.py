@@ -157,7 +157,7 @@ def test_two_microphones_and_a_camera_in_one_daemon(broker, subscriber_factory, 
             assert [a["topic"] for a in state["availability"]] == ["am/home/status", f"am/{room}/hearing"]
             assert payload["cmps"]["mute"]["command_topic"] == f"am/{room}/set/mute"
         hub = json.loads(sub.wait_for(lambda t, p, r: t == "homeassistant/device/home/config")[1])
-        assert set(hub["cmps"]) == {"mute", "reload", "model"}  # one model answers every room
+        assert set(hub["cmps"]) == {"mute", "reload", "model", "loud_incident"}  # one model, one incident entity per rule
         for room in ("kitchen", "nursery", "porch"):
             _hearing(sub, room, "ok")
         # sound in the kitchen: events on the kitchen's topics only

@@ -20,6 +20,7 @@ from monitor.daemon.preflight import open_publisher, source_error
 from monitor.engine.api import Result
 from monitor.engine.worker import EngineWorker
 from monitor.fanout import FanOut, Survive
+from monitor.incidents.desk import IncidentDesk
 from monitor.metrics import Metrics, MetricsSink
 from monitor.pipeline import yes_no_prompts
 from monitor.rooms import ActiveRoom
@@ -37,7 +38,17 @@ def make_worker(config: Config, rulesets: Mapping[Path, RuleSet], on_result: Cal
     """The engine thread every room shares; it calibrates the questions of all the rule sets."""
     prompts = sorted({p for rs in rulesets.values() for p in yes_no_prompts(rs)})
     return EngineWorker(config.model, on_result=on_result, inbox_size=2, engine_factory=engine_factory,
-                        calibrate=prompts, calibrate_seconds=config.windows.length)
+                        calibrate=prompts, calibrate_seconds=config.windows.length,
+                        low_max_wait=config.describe.max_lag)
+
+
+def add_incidents(config: Config, rooms: Mapping[str, ActiveRoom], worker: EngineWorker,
+                  wake: Callable[[], None]) -> IncidentDesk:
+    """The incidents of every room: each room's ON events pass through the desk before the sinks get them."""
+    desk = IncidentDesk(config, rooms, worker, wake)
+    for room in rooms.values():
+        room.stamp = desk.stamp
+    return desk
 
 
 def add_local_sinks(config: Config, sinks: FanOut, metrics: Metrics, page: LivePage | None) -> ScoreLog | None:

@@ -89,6 +89,8 @@ class StatusBoard:
             "mqtt": "connected" if publisher is not None and publisher.connected else "disconnected",
             "outbox": publisher.outbox_depth if publisher is not None else 0,
             "rules_reload": self.reloads.status() if self.reloads is not None else None,
+            "descriptions": ({"answered": self.worker.stats.low_answered, "dropped": self.worker.stats.low_dropped}
+                             if self.worker is not None else None),
         }
         if not self.config.multi_room and rooms:
             return {**next(iter(rooms.values())), **out}

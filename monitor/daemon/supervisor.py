@@ -28,7 +28,7 @@ from typing import Any
 
 from monitor.audio.sources import AudioSource
 from monitor.config import Config
-from monitor.daemon.assembly import add_local_sinks, add_publisher, make_rooms, make_worker
+from monitor.daemon.assembly import add_incidents, add_local_sinks, add_publisher, make_rooms, make_worker
 from monitor.daemon.controls import Controls
 from monitor.daemon.preflight import StartupError, check_devices, check_state_dir, load_rulesets, open_page
 from monitor.daemon.reloads import Reloads
@@ -66,6 +66,7 @@ class Daemon:
         self.publisher: Any = None
         self.scorelog: ScoreLog | None = None
         self.page: Any = None  # the live page (monitor.web.live.LivePage) when web.enabled
+        self.desk: Any = None  # the incidents (monitor.incidents.desk.IncidentDesk)
         self._survive = LogOnce(log)  # where unexpected errors are logged, in full once per place
         self.sinks = FanOut(survive=self._survive)
         self.controls = Controls(config, self.state_dir, self.rooms)
@@ -120,11 +121,13 @@ class Daemon:
         self.scorelog = add_local_sinks(cfg, self.sinks, self.metrics, self.page)
         make_rooms(cfg, rulesets, self.worker, self.state_dir, self.sinks, self._survive, self.controls, self.rooms,
                    source=self._source, missing=missing)
+        self.desk = add_incidents(cfg, self.rooms, self.worker, self._wake.set)
 
     def _start_publisher(self) -> None:
         """MQTT joins the sinks, every room is announced, and the publisher starts connecting."""
         self.publisher = self.board.publisher = add_publisher(self.config, self.state_dir, self.rooms, self.sinks,
                                                               self.controls.on_command)
+        self.desk.publish = self.publisher.publish_incident
         self.board.show()  # the whole home's retained state (its switch, the Model sensor) before connecting
         self.publisher.start()
 
@@ -160,6 +163,8 @@ class Daemon:
             log.exception("unexpected error; stopping so that the service restarts")
             return 1
         finally:
+            if self.desk is not None:
+                self.desk.flush()  # incidents not sent yet go into the outbox before it is flushed
             try:
                 shut_down(timeout=cfg.stop_timeout, notifier=self.notifier, rooms=self.rooms, worker=self.worker,
                           publisher=self.publisher, board=self.board, scorelog=self.scorelog, metrics=self.metrics,
@@ -224,6 +229,7 @@ class Daemon:
             self._wake.wait(0.25)
             self._wake.clear()
             self._take_results()
+            self.desk.tick()
             try:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 - housekeeping must not end the listening

@@ -14,6 +14,11 @@ A file read as fast as it is answered (not live) is batched the same way on ever
 windows are taken only when its inbox is full, or at its last window — so a replay gives the
 same scores to the last bit whatever the timing (a batch's shape changes float rounding).
 
+A low-priority lane takes what may wait (the description of what turned a rule ON): a request
+there is answered only when no window of any room waits, one at a time, so it never goes before
+a live window; one still waiting after `low_max_wait` seconds (the engine busy with the rooms all
+that time) is dropped and counted. A window that comes while one is answered waits for it alone.
+
 `heartbeat` is the monotonic time of the loop's last real progress: the idle loop advances it
 twice a second and every finished batch advances it, so a hung model stops it — which is what
 a systemd watchdog should notice.
@@ -27,7 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -58,6 +63,17 @@ class WorkerStats:
     batches: int = 0
     pending: int = 0  # requests waiting in the inboxes now
     skipped_by_source: dict[str, int] = field(default_factory=dict)
+    low_answered: int = 0  # low-priority requests answered (descriptions)
+    low_dropped: int = 0  # low-priority requests dropped: waited too long, pushed out, or left at stop
+
+
+@dataclass(frozen=True)
+class _Low:
+    """A request of the low-priority lane, with whom to tell and since when it waits (monotonic)."""
+
+    request: Request
+    on_done: Callable[[Result], None]
+    since: float
 
 
 class EngineWorker:
@@ -66,7 +82,7 @@ class EngineWorker:
     def __init__(self, settings: ModelSettings, on_result: Callable[[Result], None], inbox_size: int = 2,
                  engine_factory: Callable[[ModelSettings], Backend] | None = None,
                  calibrate: Sequence[str] = (), calibrate_seconds: float | None = None,
-                 name: str = "engine"):
+                 name: str = "engine", low_max_wait: float = 5.0, low_size: int = 8):
         if inbox_size < 1:
             raise ValueError("inbox_size must be at least 1")
         self.settings = settings
@@ -90,6 +106,10 @@ class EngineWorker:
         self._drain = False
         self._abandoned = False
         self._busy: set[str] = set()  # sources with a window in the batch being answered
+        self._low: OrderedDict[str, _Low] = OrderedDict()  # the low-priority lane, by key, oldest first
+        self.low_max_wait = low_max_wait
+        self.low_size = low_size
+        self._low_warned = False
         self._calibrating = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.engine: Backend | None = None  # for inspection only: never call it from another thread
@@ -167,6 +187,22 @@ class EngineWorker:
             self._cond.notify_all()
             return True
 
+    def submit_low(self, key: str, request: Request, on_done: Callable[[Result], None]) -> bool:
+        """Queue a request to answer when no window of any room waits; `on_done(result)` from the engine thread.
+
+        A waiting request with the same `key` is replaced (it keeps its place and its age); a full
+        lane loses its oldest. False when it was not accepted (stopping, load failed).
+        """
+        with self._cond:
+            if self._stopping or self.load_error is not None:
+                return False
+            old = self._low.get(key)
+            if old is None and len(self._low) >= self.low_size:
+                self._drop_low(self._low.popitem(last=False)[1], "the low-priority lane was full")
+            self._low[key] = _Low(request, on_done, old.since if old is not None else time.monotonic())
+            self._cond.notify_all()
+            return True
+
     def calibrate(self, prompts: Sequence[str], seconds: float | None = None) -> None:
         """Compute baselines for these prompts in the engine thread, before the next batch."""
         with self._cond:
@@ -211,7 +247,29 @@ class EngineWorker:
 
     def _has_work(self, source: str | None) -> bool:
         busy = bool(self._busy) if source is None else source in self._busy
-        return bool(self._pending_of(source) or busy or self._calibrate or self._calibrating)
+        low = any(source is None or item.request.source == source for item in self._low.values())
+        return bool(self._pending_of(source) or busy or low or self._calibrate or self._calibrating)
+
+    def _low_ready(self) -> bool:
+        """A low-priority request may go: one waits, and no window of any room does."""
+        return bool(self._low) and not self._pending_of(None)
+
+    def _take_low(self) -> _Low | None:
+        """The oldest low-priority request not waiting for longer than `low_max_wait`; older ones are dropped."""
+        now = time.monotonic()
+        while self._low:
+            item = self._low.popitem(last=False)[1]
+            if now - item.since <= self.low_max_wait:
+                return item
+            self._drop_low(item, f"it waited {now - item.since:.1f}s for the engine (busy with the rooms' windows)")
+        return None
+
+    def _drop_low(self, item: _Low, why: str) -> None:
+        self.stats.low_dropped += 1
+        level = logging.DEBUG if self._low_warned else logging.INFO
+        self._low_warned = True
+        log.log(level, "a low-priority request of %s (a description) was dropped: %s; later drops are counted "
+                "(status: descriptions.dropped)", item.request.source, why)
 
     def _count_skipped(self, source: str, n: int) -> None:
         if n:
@@ -222,6 +280,8 @@ class EngineWorker:
         for source, inbox in self._inboxes.items():
             self._count_skipped(source, len(inbox))
             inbox.clear()
+        self.stats.low_dropped += len(self._low)
+        self._low.clear()
         self.stats.pending = 0
         self._cond.notify_all()
 
@@ -286,20 +346,27 @@ class EngineWorker:
         limit = max(1, int(getattr(engine, "max_batch", 1) or 1))
         while True:
             with self._cond:
-                while not self._any_ready() and not self._calibrate and not self._stopping:
+                while not (self._any_ready() or self._calibrate or self._stopping or self._low_ready()):
                     self._cond.wait(IDLE_TICK)
                     self.heartbeat = time.monotonic()
                 if self._stopping and not (self._drain and self._pending_of(None)):
                     self._drop_all()
                     return
-                job: Any = self._calibrate.pop(0) if self._calibrate else self._take_batch(limit)
+                job: Any = (self._calibrate.pop(0) if self._calibrate else self._take_batch(limit)
+                            if self._any_ready() else self._take_low())
+                if job is None:
+                    continue  # every low-priority request waiting had waited too long
                 if isinstance(job, list):
                     self._busy = {r.source for r in job}
+                elif isinstance(job, _Low):
+                    self._busy = {job.request.source}
                 else:
                     self._calibrating = True
                 self._cond.notify_all()  # room in the inboxes for waiting submitters
             if isinstance(job, tuple):
                 self._run_calibration(engine, *job)
+            elif isinstance(job, _Low):
+                self._run_low(engine, job)
             else:
                 self._run_batch(engine, job)
             with self._cond:
@@ -342,6 +409,19 @@ class EngineWorker:
                 self.on_result(result)
             except Exception:  # noqa: BLE001 - a consumer bug must not kill the engine thread
                 log.exception("result handler failed on window %s", getattr(request.window, "seq", "?"))
+
+    def _run_low(self, engine: Backend, item: _Low) -> None:
+        request = item.request
+        result = dataclasses.replace(self._answer(engine, [request])[0], generation=request.generation,
+                                     source=request.source)
+        with self._cond:
+            self.stats.low_answered += 1
+            if self._abandoned:
+                return
+        try:
+            item.on_done(result)
+        except Exception:  # noqa: BLE001 - a consumer bug must not kill the engine thread
+            log.exception("result handler failed on a low-priority request of %s", request.source)
 
     def _answer(self, engine: Backend, batch: list[Request]) -> list[Result]:
         """The batch's results; if the batch as a whole fails, each window is tried alone, so it fails alone."""

@@ -6,6 +6,8 @@ software that made the payload (`o`) and every entity (`cmps`):
 - per yes_no rule: a `binary_sensor` (ON/OFF state) and an `event` entity (event types on/off);
 - per text rule: a `sensor` holding the last answer and an `event` entity (event type text);
 - per match rule: an `event` entity (event type match);
+- per yes_no rule of any room, on the daemon's own device: an `event` entity "{rule} incident"
+  (event type incident: one sound, every room that heard it);
 - a mute `switch`, a sound-level `sensor`, a rule-reload `button`, a `problem` binary_sensor
   "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence),
   and a `problem` binary_sensor "Model" that is ON while the model does not answer (model_failed).
@@ -52,12 +54,13 @@ class EntitySpec:
     device_class: str | None = None  # yes_no: the binary_sensor's class; match: the event entity's class
     icon: str | None = None  # e.g. "mdi:baby-face-outline"
     entity_category: str | None = None  # "diagnostic": every entity of the rule is filed under Diagnostic
+    describe: bool = False  # yes_no: its ON events are followed by a `described` event
 
     @classmethod
     def of(cls, rule: Any) -> EntitySpec:
         """The entity spec of a validated rule (any kind)."""
         return cls(id=rule.id, name=rule.name, kind=rule.kind, device_class=rule.device_class, icon=rule.icon,
-                   entity_category=rule.entity_category)
+                   entity_category=rule.entity_category, describe=bool(getattr(rule, "describes", False)))
 
 
 def _availability(topics: Topics) -> dict[str, Any]:
@@ -102,7 +105,7 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int,
     event_name = spec.name if spec.kind == "match" else f"{spec.name} event"
     event: dict[str, Any] = {
         "p": "event", "name": event_name, "unique_id": _unique(topics, f"{spec.id}_event"),
-        "state_topic": topics.rule_event(spec.id), "event_types": EVENT_TYPES[spec.kind], "qos": qos, **avail, **icon,
+        "state_topic": topics.rule_event(spec.id), "event_types": _event_types(spec), "qos": qos, **avail, **icon,
     }
     if spec.kind == "match":  # a match rule's class is its event entity's (button, doorbell, motion)
         event.update(_device_class(spec, EVENT_CLASSES, "event"))
@@ -111,6 +114,19 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int,
         for component in out.values():
             component["entity_category"] = spec.entity_category
     return out
+
+
+def _event_types(spec: EntitySpec) -> list[str]:
+    return EVENT_TYPES[spec.kind] + (["described"] if spec.kind == "yes_no" and spec.describe else [])
+
+
+def incident_components(specs: list[EntitySpec], topics: Topics, qos: int) -> dict[str, dict[str, Any]]:
+    """The daemon's own device: an `event` entity per yes_no rule of any room, fed by {prefix}/{node}/{rule}/incident."""
+    return {f"{spec.id}_incident": {
+        "p": "event", "name": f"{spec.name} incident", "unique_id": _unique(topics, f"{spec.id}_incident"),
+        "state_topic": topics.rule_incident(check_segment(spec.id, "rule id")), "event_types": ["incident"],
+        "icon": spec.icon or "mdi:home-sound-in", "qos": qos, **_availability(topics),
+    } for spec in specs if spec.kind == "yes_no"}
 
 
 def _device_class(spec: EntitySpec, allowed: tuple[str, ...], platform: str) -> dict[str, str]:
@@ -179,10 +195,12 @@ def _fixed(topics: Topics, qos: int, avail: dict[str, Any], level_avail: dict[st
 def build_payload(
     entities: list[EntitySpec], topics: Topics, node_name: str, version: str, qos: int,
     tombstones: dict[str, str] | None = None, *, layout: Layout = "single", daemon: Topics | None = None,
+    incidents: list[EntitySpec] | None = None,
 ) -> dict[str, Any]:
     """The device discovery payload; `tombstones` (component id -> platform) are sent for removal.
 
     `daemon`: the daemon's own topics (its status is the Last Will), for a room's payload.
+    `incidents`: the rules whose incidents this device (single, or the daemon's) has an event entity for.
     """
     daemon = daemon or topics
     seen: set[str] = set()
@@ -194,6 +212,8 @@ def build_payload(
         seen.add(spec.id)
         cmps.update(rule_components(spec, topics, qos, avail))
     cmps.update(fixed_components(topics, qos, layout, daemon))
+    if layout != "room":
+        cmps.update(incident_components(incidents or [], topics, qos))
     for comp_id, platform in sorted((tombstones or {}).items()):
         if comp_id not in cmps:
             cmps[comp_id] = {"p": platform}

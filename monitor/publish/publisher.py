@@ -174,6 +174,12 @@ class Publisher:
         self._link.notify("event")
         return route
 
+    def publish_incident(self, rule_id: str, payload: bytes, ident: str, clip: str | None) -> Route:
+        """Queue an incident's JSON for {prefix}/{node}/{rule}/incident (QoS 1, not retained), durably like an event."""
+        route = self.store.add(self.topics.rule_incident(rule_id), payload, ident, clip)
+        self._link.notify("event")
+        return route
+
     def pending_clips(self) -> set[str]:
         """Clip paths of events not yet acknowledged: clip retention must not delete them."""
         return self.store.pending_clips()

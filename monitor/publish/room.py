@@ -54,6 +54,7 @@ class RoomChannel:
         memory = "discovery.json" if layout != "room" else f"discovery-{room_id}.json"
         self._components = ComponentMemory(publisher.state_dir / memory)
         self._entities: list[EntitySpec] = []
+        self._incidents: list[EntitySpec] = []  # the daemon's (or a single room's) incident entities
 
     # ------------------------------------------------------------------ events and states
 
@@ -105,13 +106,20 @@ class RoomChannel:
         if not s.discovery.enabled:
             return
         daemon = self.publisher.topics
-        current = build_payload(entities, self.topics, self.name, __version__, s.qos, layout=self.layout, daemon=daemon)
+        current = build_payload(entities, self.topics, self.name, __version__, s.qos, layout=self.layout, daemon=daemon,
+                                incidents=self._incidents)
         tombstones = self._components.update({cid: comp["p"] for cid, comp in current["cmps"].items()})
         payload = build_payload(entities, self.topics, self.name, __version__, s.qos, tombstones,
-                                layout=self.layout, daemon=daemon)
+                                layout=self.layout, daemon=daemon, incidents=self._incidents)
         if tombstones:
             self.publisher.note_removed(self.id, sorted(tombstones))
         self.publisher.set_retained(self.topics.discovery, json.dumps(payload, ensure_ascii=False).encode())
+
+    def set_incidents(self, rules: list[EntitySpec]) -> None:
+        """The incident event entities this device carries (the yes_no rules of every room); published again."""
+        if rules != self._incidents:
+            self._incidents = list(rules)
+            self.set_entities(self._entities)
 
     # ------------------------------------------------------------------ low value
 

@@ -37,6 +37,7 @@ class MqttSink:
         self.hub = publisher.node.layout == "daemon"  # a whole home: the node is a hub device of its own
         self._muted_all: bool | None = None  # as last published (the hub's switch)
         self._failed: tuple[str, ...] | None = None  # rooms the Model sensor last named
+        self._yes_no: dict[str, list[EntitySpec]] = {}  # each room's yes_no rules: the node's incident entities
         if self.hub:
             publisher.node.set_entities([])  # the hub device: whole-home mute, reload
 
@@ -76,6 +77,12 @@ class MqttSink:
             channel.set_entities(entity_specs(state.rules))
             for rule_id, on in state.rule_states.items():
                 channel.publish_state(rule_id, on)
+            self._yes_no[room] = [spec for spec in entity_specs(state.rules) if spec.kind == "yes_no"]
+            union: dict[str, EntitySpec] = {}
+            for specs in self._yes_no.values():
+                for spec in specs:
+                    union.setdefault(spec.id, spec)
+            self.publisher.node.set_incidents(sorted(union.values(), key=lambda s: s.id))
 
     def status(self, status: Status) -> None:
         """The hub's switch and the Model problem sensor when they change; the retained status on a report."""

@@ -95,6 +95,10 @@ class Topics:
     def rule_event(self, rule_id: str) -> str:
         return f"{self.base}/{check_segment(rule_id, 'rule id')}/event"
 
+    def rule_incident(self, rule_id: str) -> str:
+        """One JSON per incident (one sound, every room that heard it), on the node's (the daemon's) topics."""
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/incident"
+
     def rule_text(self, rule_id: str) -> str:
         return f"{self.base}/{check_segment(rule_id, 'rule id')}/text"
 

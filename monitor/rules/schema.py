@@ -35,6 +35,8 @@ EVENT_CLASSES = ("button", "doorbell", "motion")  # Home Assistant's EventDevice
 
 RuleKind = Literal["yes_no", "text", "match"]
 
+DESCRIBE_PROMPT = "In one short sentence, describe what you hear."
+
 
 def _number(value: Any) -> Any:
     """YAML `yes`/`true` must not silently become 1.0."""
@@ -153,6 +155,21 @@ class YesNoRule(_Asking):
     """No new ON event until this long after the previous ON event."""
     device_class: Literal[BINARY_SENSOR_CLASSES] | None = None  # type: ignore[valid-type]
     """Home Assistant binary_sensor device class (sound, safety, smoke, ...)."""
+    describe: bool | None = None
+    """When the rule turns ON, ask the model what it heard (`describe_prompt`), when it has time, and send
+    the answer as a `described` event and with the incident. Default: true for `device_class: safety`."""
+    describe_prompt: str = Field(DESCRIBE_PROMPT, min_length=1, max_length=2000)
+    """The question asked about the window that turned the rule ON."""
+
+    @property
+    def describes(self) -> bool:
+        """Whether an ON of this rule is described (`describe`, or its default)."""
+        return self.describe if self.describe is not None else self.device_class == "safety"
+
+    @field_validator("describe_prompt", mode="before")
+    @classmethod
+    def _describe_prompt(cls, value: Any) -> Any:
+        return " ".join(value.split()) if isinstance(value, str) else value
 
     @model_validator(mode="before")
     @classmethod

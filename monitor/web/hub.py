@@ -141,15 +141,26 @@ class Hub:
                   "t": round(event.ts, 3), "score": None if event.score is None else round(event.score, 4),
                   "lift": None if event.lift is None else round(event.lift, 4), "text": event.text,
                   "reason": event.reason, "clip": clip_url}
+        if event.incident is not None:
+            record["incident"] = event.incident
         self.add_record(room_id, record)
 
     def add_record(self, room_id: str, record: dict[str, Any]) -> None:
-        """An event as the page lists it (live, or read back from a replay's events.jsonl)."""
+        """An event as the page lists it (live, or read back from a replay's events.jsonl).
+
+        A `described` event is not listed: its text is shown beside the ON events of its incident, in every room.
+        """
         with self._lock:
             room = self.rooms.get(room_id)
             if room is None:
                 return
-            room.events.append(record)
+            if record["kind"] == "described":
+                for view in self.rooms.values():
+                    for shown in view.events:
+                        if shown.get("incident") == record.get("incident") and shown["kind"] == "on":
+                            shown["description"] = record["text"]
+            else:
+                room.events.append(record)
             if record["kind"] in ("on", "off"):
                 _mark(room.spans.setdefault(record["rule"], []), record["kind"] == "on", record["t"])
             if record["kind"] == "text" and record.get("text") is not None:

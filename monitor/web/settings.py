@@ -60,6 +60,9 @@ class WebSettings(Section):
     allowed_hosts: tuple[str, ...] = ()
     """More names the page answers to (a LAN name, a reverse proxy's name): host names or addresses,
     without scheme or port. Loopback, `localhost` and `host` are always accepted; other names get 421."""
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    """The base URL under which a phone reaches the page (e.g. https://home.example.net/audio); incidents
+    then carry a link to their clip (`clip_url`). Without it no link. Put its host in `allowed_hosts`."""
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

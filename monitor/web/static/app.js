@@ -139,7 +139,25 @@ function eventItem(e) {
   if (e.text) li.append(el("span", { class: "transcript", text: `“${e.text}”` }));
   if (e.reason) li.append(el("span", { class: "dim", text: e.reason }));
   if (e.clip) li.append(el("audio", { controls: "", preload: "metadata", src: e.clip }));
+  if (e.description) describe(li, e.description);
   return li;
+}
+
+function describe(li, text) {  // what was heard, in words, beside the ON event of its incident
+  const old = li.querySelector(".description");
+  const line = el("span", { class: "description", text: `“${text}”` });
+  if (old) old.replaceWith(line); else li.append(line);
+}
+
+function described(d) {  // a description came: every room's ON event of that incident shows it
+  for (const room of Object.values(state.rooms)) {
+    for (const e of room.events) {
+      if (e.kind !== "on" || !d.incident || e.incident !== d.incident) continue;
+      e.description = d.text;
+      const li = document.querySelector(`#events-${room.id} li[data-id="${e.id}"]`);
+      if (li) describe(li, d.text);
+    }
+  }
 }
 
 function roomMuted(id) {
@@ -238,6 +256,7 @@ source.addEventListener("event", (m) => {
   const e = JSON.parse(m.data);
   const room = state.rooms[e.room];
   if (!room) return;
+  if (e.kind === "described") { described(e); return; }
   room.events.push(e);
   if (room.events.length > 20) room.events.shift();
   const spans = room.spans[e.rule] || (room.spans[e.rule] = []);
