@@ -305,7 +305,7 @@ def test_twenty_clients_do_not_slow_the_engine(playwright, live, tmp_path):
         moved = [points(p) - n for p, n in zip(pages, before)]
     finally:
         browser.close()
-    assert abs(watched - alone) <= 0.05 * alone, (alone, watched)
+    assert watched >= 0.95 * alone, (alone, watched)  # slower by at most 5 % (faster is load elsewhere easing)
     assert skipped_watched <= skipped_alone + 1, (skipped_alone, skipped_watched)
     assert all(n >= 20 for n in moved), moved  # every client really was receiving (30 windows in 30 s)
     assert not errors, errors
