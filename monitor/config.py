@@ -21,6 +21,7 @@ from monitor.audio.base import STREAM_SCHEMES
 from monitor.configtree import read_tree
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, resolve_path
 from monitor.engine.settings import ModelSettings
+from monitor.labels.settings import LabelSettings
 from monitor.publish.settings import MqttSettings
 from monitor.web.settings import WebSettings
 from monitor.yamlsource import Problem, ValidationFailed, format_loc, pydantic_problems
@@ -180,6 +181,7 @@ class Config(Section):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     clips: ClipSettings = ClipSettings()
+    labels: LabelSettings = LabelSettings()
     web: WebSettings = WebSettings()
     """The live page: http://127.0.0.1:8765/ by default."""
     scores_log: ConfigPath | None = None
