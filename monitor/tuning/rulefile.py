@@ -1,8 +1,9 @@
 """Writing a better phrasing and its threshold into a rule file, keeping everything else as the person wrote it.
 
-The file is read and written with a round-trip YAML library (ruamel.yaml), which keeps comments,
-key order, quoting and block styles; the indentation it writes is chosen so that the untouched
-file comes back byte for byte (else nothing is written). After the change, a line diff must show
+The file is read with a round-trip YAML library (ruamel.yaml), which keeps comments, key order,
+quoting and block styles, and the rule is changed in that tree. The lines the change touches in
+the library's own dump are then carried over to the file as it is (`_splice`), so that what a
+round trip would respell elsewhere (values aligned by hand) stays as written. A line diff must show
 only the rule's `ask` and `threshold` lines changed (and `release`, where the file sets it: it
 moves with the threshold, keeping the rule's hysteresis gap, as `eval`'s sweep does); the new
 file must validate as rules; then it replaces the old one atomically, and a running daemon
@@ -36,8 +37,8 @@ def _yaml(mapping: int, sequence: int, offset: int) -> Any:
     return yaml
 
 
-def _round_trip(text: str) -> tuple[Any, Any]:
-    """(yaml, data) with the indentation under which `text` dumps back unchanged; ApplyError if none does."""
+def _round_trip(text: str) -> tuple[Any, Any, str]:
+    """(yaml, data, its dump) with the indentation under which `text` dumps back most nearly as it is."""
     from ruamel.yaml.util import load_yaml_guess_indent
 
     try:
@@ -45,14 +46,78 @@ def _round_trip(text: str) -> tuple[Any, Any]:
     except Exception as exc:  # noqa: BLE001 - any parse error: the rule loader says it better
         raise ApplyError(f"cannot read it as YAML ({str(exc).splitlines()[0]})") from None
     offset = offset or 0
+    best: tuple[int, Any, Any, str] | None = None
     for mapping in dict.fromkeys((2, indent or 2, 4)):
         for sequence in dict.fromkeys((indent or 2, mapping + offset, 2, 4)):
             yaml = _yaml(mapping, max(sequence, offset + 1), offset)
             data = yaml.load(text)
-            if _dump(yaml, data) == text:
-                return yaml, data
-    raise ApplyError("a YAML round trip does not give this file back unchanged (unusual indentation or "
-                     "spacing), so it is not rewritten")
+            dumped = _dump(yaml, data)
+            if dumped == text:
+                return yaml, data, dumped
+            differ = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in _opcodes(text.splitlines(), dumped.splitlines())
+                         if tag != "equal")
+            if best is None or differ < best[0]:
+                best = (differ, yaml, data, dumped)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+
+
+def _splice(original: list[str], before: list[str], after: list[str]) -> list[str]:
+    """`original` with the change from `before` to `after` (two dumps by one dumper) carried over to it.
+
+    A round trip may respell lines the change does not touch (values aligned by hand, unusual
+    spacing): those stay as the person wrote them; only the lines the change touches are taken
+    from the dump, where they map one to one onto the original's.
+    """
+    where: dict[int, int] = {}  # line of `before` -> line of `original`
+    for tag, i1, i2, j1, j2 in _opcodes(original, before):
+        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
+            where.update({j1 + k: i1 + k for k in range(j2 - j1)})
+    out = list(original)
+    shift = 0
+    for tag, i1, i2, j1, j2 in _opcodes(before, after):
+        if tag == "equal":
+            continue
+        if i2 > i1:
+            lines = [where.get(i) for i in range(i1, i2)]
+            if None in lines or lines != list(range(lines[0], lines[0] + len(lines))):  # type: ignore[operator]
+                raise ApplyError("a YAML round trip does not give its lines back (unusual layout), so it is not rewritten")
+            at, gone = lines[0], len(lines)  # type: ignore[assignment]
+            ref = i1
+        else:  # an insertion, after the line before it
+            prev = where.get(i1 - 1)
+            if prev is None:
+                raise ApplyError("a YAML round trip does not give its lines back (unusual layout), so it is not rewritten")
+            at, gone, ref = prev + 1, 0, i1 - 1
+        # the dump may indent this rule otherwise than the file: the new lines take the file's indentation
+        delta = _indent(original[where[ref]]) - _indent(before[ref])
+        out[at + shift:at + shift + gone] = [" " * max(0, _indent(line) + delta) + line.lstrip(" ") for line in after[j1:j2]]
+        shift += (j2 - j1) - gone
+    return out
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _same_but_the_rule(old: str, new: str, rule_id: str, values: dict[str, Any]) -> None:
+    """The new text means the old one with the rule's `values` set, and nothing else changed (read with PyYAML)."""
+    import yaml
+
+    try:
+        expected, got = yaml.safe_load(old), yaml.safe_load(new)
+    except yaml.YAMLError:
+        got = expected = None
+    if expected is not None:
+        for rule in expected.get("rules") or ():
+            if isinstance(rule, dict) and rule.get("id") == rule_id:
+                rule.update(values)
+    if got is None or got != expected:
+        raise ApplyError("the edit would not read back as intended (an unusual layout), so it is not written")
 
 
 def _dump(yaml: Any, data: Any) -> str:
@@ -141,7 +206,7 @@ def apply_phrasing(path: Path, rule_id: str, ask: str, threshold: float) -> list
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ApplyError(f"cannot read it ({exc.strerror or exc})") from None
-    yaml, data = _round_trip(text)
+    yaml, data, before = _round_trip(text)
     item, end = _rule_map(data, rule_id)
     if item.get("answer", "yes_no") != "yes_no" or "from" in item:
         raise ApplyError(f"{rule_id!r} is not a yes/no rule: it has no threshold to set")
@@ -155,9 +220,12 @@ def apply_phrasing(path: Path, rule_id: str, ask: str, threshold: float) -> list
     else:  # the default (0.7) was in force: the threshold goes right after the question
         item.insert(list(item.keys()).index("ask") + 1, "threshold", threshold)
     _check_rule(item)
-    new = _dump(yaml, data)
-    old_lines, new_lines = text.splitlines(), new.splitlines()
-    for tag, a, b, _c, _d in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
+    old_lines = text.splitlines()
+    new_lines = _splice(old_lines, before.splitlines(), _dump(yaml, data).splitlines())
+    new = "\n".join(new_lines) + ("\n" if text.endswith("\n") else "")
+    values = {"ask": ask, "threshold": threshold, **({"release": float(item["release"])} if "release" in item else {})}
+    _same_but_the_rule(text, new, rule_id, values)
+    for tag, a, b, _c, _d in _opcodes(old_lines, new_lines):
         touched = set(range(a, b)) if b > a else {a - 1}  # an insertion: right after an allowed line
         if tag != "equal" and not touched <= allowed:
             raise ApplyError(f"writing it would change line {a + 1} as well, beyond {rule_id}'s ask and threshold, "
