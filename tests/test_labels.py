@@ -106,6 +106,9 @@ def test_labelling_an_event_again_replaces_its_earlier_label(tmp_path):
     assert not first.wav.exists() and not first.sidecar.exists() and other.wav.exists()
     assert [(c.verdict, c.info["event"]) for c in read_labels(tmp_path)] == \
         [("positive", "1a2b3c4d-ffff"), ("negative", _label().event)]
+    # an id with other characters than letters and digits: its file name keeps only those, and it is found again
+    first = store.save(_label(event="k-9/x", room="porch"))
+    assert first.wav.name.endswith("_k9x.wav") and store.save(_label(event="k-9/x", room="porch")).replaced == 1
 
 
 def test_the_size_cap_deletes_the_oldest_first_never_the_new_one(tmp_path):

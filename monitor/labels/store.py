@@ -145,7 +145,7 @@ class LabelStore:
         removed = 0
         for verdict in VERDICTS:
             folder = self.folder / label.room / label.rule / verdict
-            for sidecar in folder.glob(f"*_{(label.event or '')[:8]}*.json"):
+            for sidecar in folder.glob(f"*_{_short(label.event or '')}*.json"):
                 wav = sidecar.with_suffix(".wav")
                 if wav == keep or _read_sidecar(sidecar).get("event") != label.event:
                     continue
@@ -231,10 +231,15 @@ def _refusal(label: Label, muted: bool, rule_kind: str) -> str | None:
     return None
 
 
+def _short(event: str) -> str:
+    """The event id's first 8 letters and digits: what a file name carries of it."""
+    return re.sub(r"[^A-Za-z0-9]", "", event)[:8]
+
+
 def _stem(folder: Path, label: Label) -> str:
     """`YYYYmmdd-HHMMSS_<event id, 8 chars | missed>`, made unique in its folder."""
     stamp = datetime.fromtimestamp(label.time).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}_{re.sub(r'[^A-Za-z0-9]', '', label.event)[:8] if label.event else 'missed'}"
+    base = f"{stamp}_{_short(label.event) if label.event else 'missed'}"
     stem, n = base, 1
     while (folder / f"{stem}.wav").exists() or (folder / f"{stem}.json").exists():
         n += 1
