@@ -1,4 +1,4 @@
-"""`audio-monitor` command line: run, check, devices, replay, eval.
+"""`audio-monitor` command line: run, check, devices, replay, eval, compare.
 
 A table of subcommands, each a module of `monitor.commands` (`add_parser`, `run`). Heavy imports
 (torch, transformers) happen inside the subcommands that need them, so `check` and `devices`
@@ -11,10 +11,11 @@ import argparse
 from collections.abc import Sequence
 
 from monitor import __version__
-from monitor.commands import check, devices, replay, run
+from monitor.commands import check, compare, devices, replay, run
 from monitor.commands import eval as evaluate
 
-COMMANDS = {"run": run, "check": check, "devices": devices, "replay": replay, "eval": evaluate}
+COMMANDS = {"run": run, "check": check, "devices": devices, "replay": replay, "eval": evaluate,
+            "compare": compare}
 """Subcommand -> its module, in the order `--help` lists them."""
 
 

@@ -22,6 +22,7 @@ from monitor.configtree import read_tree
 from monitor.configtypes import CliText, ConfigPath, Duration, Section, resolve_path
 from monitor.engine.settings import ModelSettings
 from monitor.incidents.settings import DescribeSettings, IncidentSettings
+from monitor.labels.settings import LabelSettings
 from monitor.publish.settings import MqttSettings
 from monitor.web.settings import WebSettings
 from monitor.yamlsource import Problem, ValidationFailed, format_loc, pydantic_problems
@@ -181,6 +182,7 @@ class Config(Section):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     clips: ClipSettings = ClipSettings()
+    labels: LabelSettings = LabelSettings()
     web: WebSettings = WebSettings()
     """The live page: http://127.0.0.1:8765/ by default."""
     describe: DescribeSettings = DescribeSettings()

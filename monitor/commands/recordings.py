@@ -1,4 +1,4 @@
-"""What `replay` and `eval` share: `--rules`, `--room`, and the config narrowed to that one room.
+"""What `replay`, `eval` and `compare` share: `--rules`, `--room`, and the config narrowed to that one room.
 
 Both hear recordings as one room of the config would; their lines carry the logger name they
 have always had (`monitor.tuning.commands`, as docs/tuning.md shows them).
@@ -34,6 +34,16 @@ def _quoted(text: str) -> str:
 
 def setup(args: argparse.Namespace) -> Any:
     """The config narrowed to the room that applies (`--room`, default the first), or None after one line."""
+    rooms = setup_rooms(args, every_room=False)
+    return None if rooms is None else rooms[0]
+
+
+def setup_rooms(args: argparse.Namespace, every_room: bool = True) -> list[Any] | None:
+    """The config narrowed to each room that applies, or None after one line.
+
+    `--room` names one; without it, `every_room` takes each room of a `sources:` config in turn
+    (each with its own rules), else the first.
+    """
     from monitor.logsetup import setup_logging
     from monitor.tuning.rooms import RoomError, describe, one_room, pick_room
 
@@ -46,16 +56,21 @@ def setup(args: argparse.Namespace) -> Any:
     config = load_config_or_exit(args.config, overrides)
     setup_logging(config.log.level)
     try:
-        room = pick_room(config, args.room, str(args.config or "the config"))
+        rooms = [pick_room(config, args.room, str(args.config or "the config"))]
     except RoomError as exc:
         log.error("%s", exc)
         return None
-    if args.rules is not None:  # --rules replaces the room's own rules too, not only the shared ones
-        room = dataclasses.replace(room, rules=config.rules)
-    line = describe(config, room, chosen=args.room is not None)
-    if line is not None:
-        log.info("%s %s", args.command, line)
-    return one_room(config, room)
+    if every_room and args.room is None:
+        rooms = config.rooms
+    out = []
+    for room in rooms:
+        if args.rules is not None:  # --rules replaces the room's own rules too, not only the shared ones
+            room = dataclasses.replace(room, rules=config.rules)
+        line = describe(config, room, chosen=args.room is not None or len(rooms) > 1)
+        if line is not None:
+            log.info("%s %s", args.command, line)
+        out.append(one_room(config, room))
+    return out
 
 
 def load_rules(config: Any) -> Any:

@@ -154,7 +154,7 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
         "folder": str(dataset.folder),
         "layout": dataset.layout,
         "rules_path": str(rules.path) if rules.path is not None else None,
-        "model": _model_name(config),
+        "model": model_name(config),
         "windows": {"length": config.windows.length, "hop": config.windows.hop},
         "tolerance_s": tol,
         "max_fa_per_hour": max_fa_per_hour,
@@ -170,7 +170,7 @@ def build_report(config: Config, rules: RuleSet, dataset: Dataset, runs: Sequenc
     }
 
 
-def _model_name(config: Config) -> str:
+def model_name(config: Config) -> str:
     """The model the answers came from: a served one by name and (redacted) address."""
     model = config.model
     if model.backend == "openai":

@@ -1,6 +1,6 @@
-"""Labelled recordings for `audio-monitor eval`: a labels.yaml, or one folder per rule.
+"""Labelled recordings for `audio-monitor eval`: a labels.yaml, one folder per rule, or the daemon's labelled set.
 
-Two layouts, because people collect recordings in two ways:
+Three layouts, because people collect recordings in three ways:
 
 - `DIR/labels.yaml` lists recordings and, per rule, the intervals in which it should fire:
 
@@ -16,6 +16,12 @@ Two layouts, because people collect recordings in two ways:
 - Otherwise `DIR/<rule_id>/*.wav` are positives for that rule (the whole file is the interval
   in which it should fire; other rules are not scored on it) and `DIR/negatives/*.wav` is
   background audio in which no rule should fire.
+
+- `eval --labels`: the clips people marked right, wrong or missed, as the daemon keeps them
+  (`monitor.labels.store`: `<room>/<rule>/{positive,negative}/*.wav` with sidecars). Each clip
+  is scored for its own rule only: in a positive the rule should fire within the window the
+  model heard (the sidecar's `window`; the whole clip when it has none), a negative is audio in
+  which it should not fire at all (its whole duration is negative time).
 
 Every problem is reported at once as `FILE:LINE: key.path: message`, like the config and the
 rules, and before any model time is spent.
@@ -77,7 +83,7 @@ class Recording:
 @dataclass(frozen=True)
 class Dataset:
     folder: Path
-    layout: Literal["labels", "folders"]
+    layout: Literal["labels", "folders", "labelset"]
     recordings: list[Recording]
 
     @property
@@ -231,3 +237,33 @@ def scan_folders(folder: Path, ruleset: RuleSet) -> list[Recording]:
         raise ValidationFailed([Problem(str(folder), None, "", f"no recordings: add {LABELS_FILE}, or folders "
                                         f"<rule_id>/ of positives and {NEGATIVES}/ of background audio")])
     return out
+
+
+def load_label_set(folder: str | Path, room: str, ruleset: RuleSet) -> Dataset:
+    """One room's labelled set (`folder/<room>/<rule>/{positive,negative}/*.wav`) as recordings to evaluate.
+
+    Labels of a rule the room's rules no longer have (renamed, removed, disabled, now a text
+    rule) are left out with one warning per rule; raise ValidationFailed when nothing is left.
+    """
+    from monitor.labels.store import read_labels  # noqa: PLC0415 (soundfile reads only when asked)
+
+    folder = Path(folder)
+    skipped: dict[str, str] = {}
+    out: list[Recording] = []
+    for clip in read_labels(folder, room=room):
+        why = _rule_problem(clip.rule, ruleset)
+        if why is not None:
+            skipped.setdefault(clip.rule, why)
+            continue
+        scope = frozenset({clip.rule})
+        if clip.verdict == "positive":
+            span = clip.window or (0.0, clip.duration)
+            out.append(Recording(clip.path, clip.duration, "positive", {clip.rule: (span,)}, scope))
+        else:
+            out.append(Recording(clip.path, clip.duration, "negative", {}, scope))
+    for rule_id, why in skipped.items():
+        log.warning("%s: labels left out: %s", folder / room / rule_id, why)
+    if not out:
+        raise ValidationFailed([Problem(str(folder / room), None, "", "no labelled clips of this room's rules: label "
+                                        "alerts as right or wrong (or a missed sound) first")])
+    return Dataset(folder / room, "labelset", out)

@@ -154,3 +154,34 @@ def plot_eval(report: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"{report['folder']}: {report['audio']['recordings']} recording(s)")
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_compare(report: dict[str, Any], path: Path) -> Path:
+    """Per phrasing, a lane with each clip's value: positives above the line, negatives below, the threshold across."""
+    phrasings = report["phrasings"]
+    fig = _figure(12, 1.3 * len(phrasings) + 1.0)
+    axes = fig.subplots(len(phrasings), 1, sharex=True, squeeze=False)[:, 0]
+    values = [v for p in phrasings for side in p["scores"].values() for v in side]
+    low, high = min([0.0, *values]), max([1.0, *values])
+    for ax, p in zip(axes, phrasings):
+        for side, y, color, marker in (("positive", 0.65, "tab:green", "o"), ("negative", 0.35, "tab:red", "x")):
+            xs = p["scores"][side]
+            jitter = [y + 0.18 * (((i * 0.618) % 1.0) - 0.5) for i in range(len(xs))]  # spread, deterministic
+            ax.scatter(xs, jitter, s=22, color=color, marker=marker, label=f"{side} ({len(xs)})")
+        ax.axvline(p["threshold"], color="0.2", ls="--", lw=1)
+        ax.axhline(0.5, color="0.85", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        auc = "-" if p["auc"] is None else f"{p['auc']:.2f}"
+        ask = p["ask"] if len(p["ask"]) <= 100 else p["ask"][:99] + "…"
+        ax.set_title(f"#{p['n']}{' (current)' if p['current'] else ''}  AUC {auc}  recall {p['hits']}/{p['positives']} "
+                     f"at threshold {p['threshold']:g}: {ask}", fontsize=8, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper right")
+    axes[-1].set_xlim(low - 0.02, high + 0.02)
+    axes[-1].set_xlabel(f"{'lift' if report['use'] == 'lift' else 'score'} (dashed: the phrasing's threshold at "
+                        f"<= {report['max_fa_per_hour']:g} false alarms per hour)")
+    clips = report["clips"]
+    fig.suptitle(f"{report['rule']}: {clips['positive']} positive and {clips['negative']} negative clip(s)")
+    fig.savefig(path, dpi=100)
+    return path
