@@ -6,6 +6,7 @@ software that made the payload (`o`) and every entity (`cmps`):
 - per yes_no rule: a `binary_sensor` (ON/OFF state) and an `event` entity (event types on/off);
 - per text rule: a `sensor` holding the last answer and an `event` entity (event type text);
 - per match rule: an `event` entity (event type match);
+- per rule of any kind: a `switch` "{name} enabled" (entity category config): OFF, the rule is not asked;
 - a mute `switch`, a sound-level `sensor`, a rule-reload `button`, a `problem` binary_sensor
   "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence),
   and a `problem` binary_sensor "Model" that is ON while the model does not answer (model_failed).
@@ -113,6 +114,20 @@ def rule_components(spec: EntitySpec, topics: Topics, qos: int,
     return out
 
 
+def rule_switch(spec: EntitySpec, topics: Topics, qos: int, avail: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rule's on/off switch, keyed by component id.
+
+    Available whenever the daemon is online (`avail`), like the mute switch: a rule of a room whose
+    capture is lost can still be switched.
+    """
+    return {f"{spec.id}_enabled": {
+        "p": "switch", "name": f"{spec.name} enabled", "unique_id": _unique(topics, f"{spec.id}_enabled"),
+        "command_topic": topics.rule_command(spec.id), "state_topic": topics.rule_enabled(spec.id),
+        "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:toggle-switch-outline", "entity_category": "config",
+        "qos": qos, **avail,
+    }}
+
+
 def _device_class(spec: EntitySpec, allowed: tuple[str, ...], platform: str) -> dict[str, str]:
     """`{"device_class": ...}` when the rule names one Home Assistant accepts on `platform`, else nothing."""
     if not spec.device_class:
@@ -193,6 +208,7 @@ def build_payload(
             raise ValueError(f"rule id {spec.id!r} appears twice; rule ids must be unique")
         seen.add(spec.id)
         cmps.update(rule_components(spec, topics, qos, avail))
+        cmps.update(rule_switch(spec, topics, qos, _availability(daemon)))
     cmps.update(fixed_components(topics, qos, layout, daemon))
     for comp_id, platform in sorted((tombstones or {}).items()):
         if comp_id not in cmps:

@@ -76,6 +76,14 @@ class MqttSink:
             channel.set_entities(entity_specs(state.rules))
             for rule_id, on in state.rule_states.items():
                 channel.publish_state(rule_id, on)
+        if "rules" in state.changed or "switches" in state.changed:
+            self._switches(room, state)
+
+    def _switches(self, room: str, state: RoomState) -> None:
+        """Each rule's switch state ({prefix}/{room}/{rule}/enabled): OFF while a person has it switched off."""
+        channel = self.publisher.room(room)
+        for spec in entity_specs(state.rules):
+            channel.set_enabled(spec.id, spec.id not in state.rules_off)
 
     def status(self, status: Status) -> None:
         """The hub's switch and the Model problem sensor when they change; the retained status on a report."""
