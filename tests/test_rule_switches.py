@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 from helpers.mqtt_clients import send
 from test_rules_support import T0, answer, engine_for, kinds, window
@@ -17,6 +21,8 @@ from monitor.publish.discovery import EntitySpec
 from monitor.publish.publisher import Publisher
 from monitor.publish.settings import MqttSettings
 from monitor.windows import Utterance
+from tests.daemon_support import RATE, DaemonProcess, write_config
+from tests.vllm_support import FakeServer, logprobs_answer
 
 TWO = yaml.safe_dump({"rules": [
     {"id": "a", "ask": "A? Answer yes or no.", "threshold": 0.7, "release": 0.5, "hold": "0s", "cooldown": "0s"},
@@ -128,3 +134,98 @@ def test_every_rule_of_every_room_has_a_switch_and_its_commands_reach_that_room(
         assert cmps["speech_enabled"]["p"] == "switch" and "unique_id" in cmps["speech_enabled"]
     finally:
         pub.stop(timeout=1)
+
+
+# ---------------------------------------------------------------------------- the daemon, end to end
+
+ASK = {rule: f"Is there a {rule} sound in this recording? Answer yes or no." for rule in ("loud", "other", "extra")}
+
+
+def _rules(*ids: str) -> str:
+    return yaml.safe_dump({"rules": [
+        {"id": rule, "name": f"{rule.title()} sound", "ask": ASK[rule], "threshold": 0.5, "release": 0.4, "patience": 1,
+         "hold": "0s", "cooldown": "0s", "gate": {"min_dbfs": -45}} for rule in ids]})
+
+
+def _by_question(body: dict) -> str:
+    return body["messages"][-1]["content"][1]["text"]
+
+
+def test_a_rule_switched_off_over_mqtt_is_not_asked_stays_off_across_a_restart_and_a_reload(broker, subscriber_factory,
+                                                                                           tmp_path: Path) -> None:
+    """The backend (an OpenAI-compatible server that counts what it is asked, one request per question) is asked
+    the rule's question until it is switched off, never while off (through a restart and a reload), again once on."""
+    fake = FakeServer(lambda body: (200, logprobs_answer([("token_id:11", math.log(0.9)), ("token_id:21", math.log(0.1))]),
+                                    0.0))
+    asked = lambda rule: sum(1 for b in fake.chats() if _by_question(b) == ASK[rule])  # noqa: E731
+    rng = np.random.default_rng(11)
+    sf.write(tmp_path / "room.wav", (rng.standard_normal(600 * RATE) * 0.1).astype(np.float32), RATE)
+    config = write_config(tmp_path, tmp_path / "no-local-model", broker.port, source=f"file:{tmp_path / 'room.wav'}",
+                          rules=_rules("loud", "other", "extra"),
+                          extra={"model": {"backend": "openai", "url": fake.url, "name": "fake", "timeout": "5s"},
+                                 "log.level": "info"})
+    sub = subscriber_factory(broker, ["am/#", "homeassistant/#"])
+    switch = lambda value: sub.client.publish("am/test_node/loud/set/enabled", value, qos=1).wait_for_publish(5)  # noqa: E731
+
+    def quiet_while_other_is_asked(times: int) -> None:
+        """`loud` is not asked while `other` is asked `times` times (after one round for answers in flight)."""
+        wait_asked("other", asked("other") + 2)
+        before = asked("loud")
+        wait_asked("other", asked("other") + times)
+        assert asked("loud") == before, "a rule switched off was asked"
+
+    def wait_asked(rule: str, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while asked(rule) < n:
+            assert time.monotonic() < deadline, f"{rule} asked {asked(rule)} time(s), waited for {n}"
+            time.sleep(0.1)
+
+    daemon = DaemonProcess(config)
+    try:
+        for rule in ("loud", "other"):
+            sub.wait_for(lambda t, p, r, rule=rule: t == f"am/test_node/{rule}/state" and p == b"ON", timeout=60)
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"ON")
+        discovery = json.loads(sub.wait_for(lambda t, p, r: t == "homeassistant/device/test_node/config")[1])
+        assert {cid for cid, c in discovery["cmps"].items() if c["p"] == "switch"} == {
+            "loud_enabled", "other_enabled", "extra_enabled", "mute"}
+        assert discovery["cmps"]["loud_enabled"]["name"] == "Loud sound enabled"
+
+        mark = len(sub.messages)
+        switch(b"OFF")
+        off = sub.wait_for(lambda t, p, r: t == "am/test_node/loud/event" and json.loads(p)["kind"] == "off", after=mark)
+        assert json.loads(off[1])["reason"] == "disabled"
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"OFF", after=mark)
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"OFF" and r is False, after=mark)
+        daemon.wait_log("rule loud switched off: not asked until switched on again")
+        quiet_while_other_is_asked(3)
+        assert daemon.stop() == 0, daemon.output
+        assert (tmp_path / "state" / "rules-off").read_text() == "loud\n"
+
+        # a restart: still off (the retained switch says so again), still not asked
+        mark = len(sub.messages)
+        daemon = DaemonProcess(config)
+        daemon.wait_log("rule(s) switched off (as left before the restart): loud", timeout=60)
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"OFF", after=mark, timeout=60)
+        quiet_while_other_is_asked(3)
+        # a reload that removes `extra`: its switch leaves Home Assistant; `loud` stays off
+        (tmp_path / "rules" / "rules.yaml").write_text(_rules("loud", "other"))
+        daemon.wait_log("reloaded 2 rule(s)", timeout=30)
+        reloaded = sub.wait_for(lambda t, p, r: t == "homeassistant/device/test_node/config"
+                                and json.loads(p)["cmps"].get("extra_enabled") == {"p": "switch"}, after=mark)
+        assert json.loads(reloaded[1])["cmps"]["loud_enabled"]["command_topic"] == "am/test_node/loud/set/enabled"
+        quiet_while_other_is_asked(3)
+        assert not [1 for t, p, _ in sub.messages[mark:] if t == "am/test_node/loud/state" and p == b"ON"]
+
+        # on again: asked again, and ON again
+        mark, before = len(sub.messages), asked("loud")
+        switch(b"ON")
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"ON", after=mark)
+        wait_asked("loud", before + 2)
+        sub.wait_for(lambda t, p, r: t == "am/test_node/loud/state" and p == b"ON", after=mark, timeout=15)
+    finally:
+        code = daemon.stop()
+        fake.close()
+        print(daemon.output)  # shown when the test fails
+    assert code == 0
+    assert (tmp_path / "state" / "rules-off").read_text() == ""
+    assert "Traceback" not in daemon.output
