@@ -163,7 +163,7 @@ def test_a_rule_switched_off_over_mqtt_is_not_asked_stays_off_across_a_restart_a
     config = write_config(tmp_path, tmp_path / "no-local-model", broker.port, source=f"file:{tmp_path / 'room.wav'}",
                           rules=_rules("loud", "other", "extra"),
                           extra={"model": {"backend": "openai", "url": fake.url, "name": "fake", "timeout": "5s"},
-                                 "log.level": "info"})
+                                 "windows.hop": "500ms", "log.level": "info"})
     sub = subscriber_factory(broker, ["am/#", "homeassistant/#"])
     switch = lambda value: sub.client.publish("am/test_node/loud/set/enabled", value, qos=1).wait_for_publish(5)  # noqa: E731
 

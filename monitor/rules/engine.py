@@ -108,7 +108,7 @@ class RuleEngine:
         self._last_window: tuple[float, float] | None = None  # (t_start, t_end) of the latest update
         self._last_key: tuple[int, int, float] | None = None
         self.generation = 0
-        """Counts `swap`s; stamped on every request so that an answer knows which rules asked it."""
+        """Counts `swap`s and `switch`es; stamped on every request so that an answer knows which rules asked it."""
         self._off: set[str] = set()  # rules switched off by a person (ids; kept across swaps)
         self._questions: dict[int, dict[str, tuple[object, ...]]] = {0: _questions_of(ruleset)}  # generation -> asked
         self._init_states()
