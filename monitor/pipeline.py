@@ -295,6 +295,14 @@ class Pipeline:
         self.worker.calibrate(yes_no_prompts(ruleset), self.config.windows.length)
         return events
 
+    def switch_rule(self, rule_id: str, on: bool, now: float | None = None) -> list[Event]:
+        """Switch one rule on or off between windows (see `RuleEngine.switch`); the OFF event it causes.
+
+        Off, its question leaves every request planned from now on: the engine is not asked it.
+        """
+        with self._rules_lock:
+            return [e.for_source(self.id) for e in self.rules.switch(rule_id, on, time.time() if now is None else now)]
+
     @property
     def skipped(self) -> int:
         """Windows never answered because the engine fell behind: skipped by the scheduler or dropped from its inbox."""

@@ -90,7 +90,7 @@ class ActiveRoom:
         return RoomState(name=self.name, own_mute=self.own_mute, muted=p.muted, hearing=p.hearing,
                          model=p.model_state, rules=p.rules.ruleset,
                          rule_states=types.MappingProxyType(dict(p.rules.on_states())), clips=self.clips.folder,
-                         changed=changed)
+                         changed=changed, rules_off=p.rules.switched_off)
 
     def _with_clip(self, event: Event, result: Result | None) -> Event:
         rule = self.pipeline.rules.ruleset.get(event.rule_id)
@@ -125,6 +125,17 @@ class ActiveRoom:
             return False
         self.pipeline.set_muted(muted)
         return True
+
+    @property
+    def rules_off_file(self) -> Path:
+        """Where the ids of the rules switched off are kept (one a line), beside the mute switch."""
+        return self._state_dir / ("rules-off" if not self.config.multi_room else f"rules-off-{self.id}")
+
+    def switch_rule(self, rule_id: str, on: bool) -> tuple[bool, list[Event]]:
+        """Switch one of the room's rules on or off; (changed, the OFF event it caused)."""
+        if on == (rule_id not in self.pipeline.rules.switched_off):
+            return False, []
+        return True, self.pipeline.switch_rule(rule_id, on)
 
     def check_hearing(self) -> tuple[bool, list[Event]]:
         """Re-assess hearing; (changed, the OFF events a loss caused). Logs the change once."""

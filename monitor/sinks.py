@@ -23,9 +23,10 @@ from monitor.hearing import Hearing
 from monitor.modelhealth import ModelState
 from monitor.rules import RuleSet
 
-Part = Literal["room", "mute", "hearing", "model", "rules"]
+Part = Literal["room", "mute", "hearing", "model", "rules", "switches"]
 NEW_ROOM: frozenset[Part] = frozenset({"room", "mute", "hearing", "model", "rules"})
-"""What a room's first announcement names as changed: everything, and that the room is new."""
+"""What a room's first announcement names as changed: everything, and that the room is new (new
+rules bring their switches: `switches` names a change of the switches alone)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RoomState:
     rule_states: Mapping[str, bool]  # rule id -> ON now (what a new rule set starts from)
     clips: Path | None  # the folder its evidence clips are saved in
     changed: frozenset[Part]
+    rules_off: frozenset[str] = frozenset()  # rule ids switched off by a person (`switches`): not asked
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ def test_discovery_has_every_entity_and_removes_deleted_rules(broker, publishers
         "fall_state": "binary_sensor", "fall_event": "event",
         "speech_text": "sensor", "speech_event": "event",
         "call_for_help_event": "event",
+        "baby_crying_enabled": "switch", "fall_enabled": "switch", "speech_enabled": "switch",
+        "call_for_help_enabled": "switch",
         "mute": "switch", "level": "sensor", "reload": "button", "microphone": "binary_sensor",
         "model": "binary_sensor",
     }

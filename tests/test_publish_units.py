@@ -218,6 +218,7 @@ def test_discovery_payload_has_every_entity() -> None:
     assert p["o"]["name"] == "audio-monitor"
     c = p["cmps"]
     assert set(c) == {"baby_crying_state", "baby_crying_event", "speech_text", "speech_event", "call_for_help_event",
+                      "baby_crying_enabled", "speech_enabled", "call_for_help_enabled",
                       "mute", "level", "reload", "microphone", "model"}
     assert c["baby_crying_state"]["p"] == "binary_sensor" and c["baby_crying_state"]["device_class"] == "sound"
     assert c["baby_crying_state"]["state_topic"] == t.rule_state("baby_crying")

@@ -156,6 +156,15 @@ def test_two_microphones_and_a_camera_in_one_daemon(broker, subscriber_factory, 
             assert state["state_topic"] == f"am/{room}/loud/state" and state["availability_mode"] == "all"
             assert [a["topic"] for a in state["availability"]] == ["am/home/status", f"am/{room}/hearing"]
             assert payload["cmps"]["mute"]["command_topic"] == f"am/{room}/set/mute"
+            switch = payload["cmps"]["loud_enabled"]  # each rule of each room has its switch, on the room's device
+            assert switch["command_topic"] == f"am/{room}/loud/set/enabled" and switch["availability_topic"] == "am/home/status"
+        # one room's rule switched off: that room's alone, remembered in that room's file
+        n = len(sub.messages)
+        sub.client.publish("am/porch/loud/set/enabled", b"OFF", qos=1).wait_for_publish(5)
+        sub.wait_for(lambda t, p, r: t == "am/porch/loud/enabled" and p == b"OFF", after=n)
+        daemon.wait_log("porch: rule loud switched off", timeout=10)
+        assert (tmp_path / "state" / "rules-off-porch").read_text() == "loud\n"
+        assert not (tmp_path / "state" / "rules-off-kitchen").exists()
         hub = json.loads(sub.wait_for(lambda t, p, r: t == "homeassistant/device/home/config")[1])
         assert set(hub["cmps"]) == {"mute", "reload", "model", "loud_incident"}  # one model, one incident entity per rule
         for room in ("kitchen", "nursery", "porch"):

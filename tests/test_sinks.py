@@ -160,12 +160,13 @@ def test_a_rooms_state_reaches_mqtt_the_page_and_the_metrics_and_only_what_chang
         room.check_hearing()  # muted: the room cannot hear
         room.announce(*NEW_ROOM)
         publisher.start()
-        rec.wait_until(lambda m: {f"am/{NODE}/mute", f"am/{NODE}/hearing", f"am/{NODE}/loud/state"}
-                       <= {t for t, _, _ in m}, what="the room's retained state")
+        rec.wait_until(lambda m: {f"am/{NODE}/mute", f"am/{NODE}/hearing", f"am/{NODE}/loud/state",
+                                  f"am/{NODE}/loud/enabled"} <= {t for t, _, _ in m}, what="the room's retained state")
         assert rec.payloads(f"am/{NODE}/mute") == [b"ON"]
         assert json.loads(rec.payloads(f"am/{NODE}/hearing")[0]) == {"problem": "ON", "reason": "muted",
                                                                       "detail": "muted by the user", "capture": "ok"}
         assert rec.payloads(f"am/{NODE}/loud/state") == [b"OFF"]
+        assert rec.payloads(f"am/{NODE}/loud/enabled") == [b"ON"]  # the rule's switch
         # the page: the room's panel with its rules and clips folder
         (panel,) = json.loads(hub.snapshot_json())["rooms"]
         assert (panel["id"], [r["id"] for r in panel["rules"]]) == (NODE, ["loud"])

@@ -169,6 +169,41 @@ def test_mute_from_the_page_is_the_mqtt_mute(browser, live):
     page.context.close()
 
 
+def test_a_rule_switched_off_on_the_page_is_its_mqtt_switch(browser, live):
+    """The page's switch is the rule's Home Assistant switch: unticked, the rule is not asked (its score line
+    stops), its state on MQTT says OFF; ticked again, it is asked again. Only the page itself may flip it."""
+    errors: list[str] = []
+    sub = live["sub"]
+    page = open_page(browser, live["url"], errors)
+    page.wait_for_selector("#enabled-test_node-loud[data-enabled=on]")
+    assert page.is_checked("#enabled-test_node-loud")
+    start = len(sub.messages)
+    page.click("#enabled-test_node-loud")
+    sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"OFF", timeout=5, after=start)
+    page.wait_for_selector("#enabled-test_node-loud[data-enabled=off]", timeout=5_000)
+    assert not page.is_checked("#enabled-test_node-loud")
+    assert "off" in (page.get_attribute("#rule-test_node-loud", "class") or "")
+    assert page.text_content("#rstate-test_node-loud") == "OFF (switched off)"
+    time.sleep(1.5)  # a window asked just before the switch may still be answered
+    frozen = points(page)
+    time.sleep(3.0)  # three hops
+    assert points(page) == frozen, "the rule kept being asked while switched off"
+    port = live["url"].rsplit(":", 1)[1].strip("/")
+    body = {"room": "test_node", "rule": "loud", "on": True}
+    assert _post(live["url"], "/api/enabled", {"Origin": "http://evil.example", "X-Audio-Monitor": "1"}, body=body) == 403
+    assert _post(live["url"], "/api/enabled", {"Host": f"127.0.0.1:{port}"}, body=body) == 403  # no page header
+    assert _post(live["url"], "/api/enabled", {"X-Audio-Monitor": "1"}, body={**body, "rule": "a/b"}) == 400
+    time.sleep(1.0)
+    assert not page.is_checked("#enabled-test_node-loud")  # none of those switched it
+    page.click("#enabled-test_node-loud")
+    sub.wait_for(lambda t, p, r: t == "am/test_node/loud/enabled" and p == b"ON", timeout=5, after=start)
+    page.wait_for_selector("#enabled-test_node-loud[data-enabled=on]", timeout=5_000)
+    wait_until(lambda: points(page) >= frozen + 3, 10, "scores to resume once switched on")
+    assert [p for t, p, _ in list(sub.messages)[start:] if t == "am/test_node/loud/enabled"] == [b"OFF", b"ON"]
+    assert not errors, errors
+    page.context.close()
+
+
 def test_an_events_clip_plays_with_its_duration(browser, live):
     errors: list[str] = []
     page = open_page(browser, live["url"], errors)
@@ -364,12 +399,12 @@ def test_a_client_left_behind_is_dropped_not_waited_for():
 # ---------------------------------------------------------------------------- security
 
 
-def _post(url: str, path: str, headers: dict, auth: str | None = None) -> int:
+def _post(url: str, path: str, headers: dict, auth: str | None = None, body: dict | None = None) -> int:
     host, port = re.match(r"http://([^:/]+):(\d+)/", url).groups()
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
     if auth:
         headers = {**headers, "Authorization": auth}
-    conn.request("POST", path, body=b'{"target": "test_node", "on": false}',
+    conn.request("POST", path, body=json.dumps(body or {"target": "test_node", "on": False}).encode(),
                  headers={"Content-Type": "application/json", **headers})
     status = conn.getresponse().status
     conn.close()
@@ -485,6 +520,7 @@ def test_replay_serve_shows_the_recording(browser, tiny_model_dir, tmp_path):
         wait_until(lambda: points(page) >= 10, 10, "the replay's scores")  # 19 windows, the silent ones not asked (gate)
         page.wait_for_selector("li.event.on audio", state="attached", timeout=5_000)
         assert page.is_hidden("#mute-test_node") and page.is_hidden("#reload")
+        assert page.is_hidden("#enabled-test_node-loud")  # a replay has no switches
         assert "replay of" in page.text_content("#status")
         assert json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())["mode"] == "replay"
         port = url.rsplit(":", 1)[1].strip("/")

@@ -1,8 +1,9 @@
-"""What people switch: commands from MQTT and the page (mute, reload), and the mute switches, kept in state_dir.
+"""What people switch: commands from MQTT and the page (mute, rules on/off, reload), and the switches, kept in state_dir.
 
 Commands arrive on other threads (paho's, the web server's) and are only queued there; the main
 loop applies them (`apply`). A mute survives a restart: a privacy switch that forgets itself is
-no privacy switch. A whole home has a switch per room and one for every room (the node's).
+no privacy switch. A whole home has a switch per room and one for every room (the node's). Each
+rule of each room has its own switch too (`enabled`): off, it is not asked; kept the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class Controls:
     def restore(self, room: ActiveRoom, everywhere: bool) -> None:
         """A new room's switches as they were left before the restart."""
         room.set_muted(own=load_mute(room.mute_file), everywhere=everywhere)
+        off = load_rules_off(room.rules_off_file)
+        for rule_id in off:
+            room.switch_rule(rule_id, False)
+        if off:
+            log.info("%srule(s) switched off (as left before the restart): %s", self._where(room), ", ".join(sorted(off)))
 
     def apply(self, board: StatusBoard) -> None:
         """Carry out the queued commands (the main thread)."""
@@ -57,7 +63,10 @@ class Controls:
             self.command(*self._commands.popleft(), board=board)
 
     def command(self, name: str, value: str, target: str, *, board: StatusBoard) -> None:
-        """A mute switch: a room's own, or (the node's, in a whole home) every room's."""
+        """A mute switch: a room's own, or (the node's, in a whole home) every room's; or a rule's switch."""
+        if name == "enabled":
+            self.switch_rule(target, value == "ON", board)
+            return
         if name != "mute":
             return
         muted = value == "ON"
@@ -72,6 +81,27 @@ class Controls:
             save_mute(room.mute_file, muted)
             self.mute_room(room, board, own=muted)
         board.show(urgent=True)
+
+    def switch_rule(self, target: str, on: bool, board: StatusBoard) -> None:
+        """A rule's switch (`target`: `{room}/{rule}`), kept in the room's `rules-off` file."""
+        room_id, _, rule_id = target.partition("/")
+        room = self.rooms.get(room_id)
+        rule = room.pipeline.rules.ruleset.get(rule_id) if room is not None else None
+        if room is None or rule is None or not rule.enabled:
+            log.warning("cannot switch rule %r of %r: %s", rule_id, room_id,
+                        "no such room" if room is None else "no such rule in its rule file (or enabled: false there)")
+            return
+        changed, events = room.switch_rule(rule_id, on)
+        save_rules_off(room.rules_off_file, room.pipeline.rules.switched_off)
+        room.publish(events, None)  # the OFF of a rule that was ON (reason: disabled)
+        room.announce("switches")  # said again even when it did not move: a command asked
+        if changed:
+            log.info("%srule %s switched %s", self._where(room), rule_id,
+                     "on: asked again" if on else "off: not asked until switched on again")
+        board.show(urgent=True)
+
+    def _where(self, room: ActiveRoom) -> str:
+        return f"{room.id}: " if self.config.multi_room else ""
 
     def mute_room(self, room: ActiveRoom, board: StatusBoard, own: bool | None = None,
                   everywhere: bool | None = None) -> None:
@@ -103,3 +133,18 @@ def save_mute(path: Path, muted: bool) -> None:
         path.write_text("ON\n" if muted else "OFF\n")
     except OSError as exc:
         log.warning("cannot remember the mute state in %s (%s)", path, exc.strerror)
+
+
+def load_rules_off(path: Path) -> set[str]:
+    """The rules left switched off (ids, one a line; none when nothing was kept)."""
+    try:
+        return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    except OSError:
+        return set()
+
+
+def save_rules_off(path: Path, off: frozenset[str]) -> None:
+    try:
+        path.write_text("".join(f"{rule_id}\n" for rule_id in sorted(off)))
+    except OSError as exc:
+        log.warning("cannot remember which rules are switched off in %s (%s)", path, exc.strerror)

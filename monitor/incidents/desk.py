@@ -103,11 +103,12 @@ class IncidentDesk:
         self.tick(flush=True)
 
     def _can_join(self, rule_id: str) -> set[str]:
-        """The rooms that could still hear this rule turn ON: they have it, and can hear."""
+        """The rooms that could still hear this rule turn ON: they have it, not switched off, and can hear."""
         out = set()
         for room in self.rooms.values():
             rule = room.pipeline.rules.ruleset.get(rule_id)
-            if rule is not None and rule.enabled and room.hearing.ok and not room.pipeline.muted:
+            if (rule is not None and rule.enabled and rule_id not in room.pipeline.rules.switched_off
+                    and room.hearing.ok and not room.pipeline.muted):
                 out.add(room.id)
         return out
 

@@ -8,6 +8,7 @@ software that made the payload (`o`) and every entity (`cmps`):
 - per match rule: an `event` entity (event type match);
 - per yes_no rule of any room, on the daemon's own device: an `event` entity "{rule} incident"
   (event type incident: one sound, every room that heard it);
+- per rule of any kind: a `switch` "{name} enabled" (entity category config): OFF, the rule is not asked;
 - a mute `switch`, a sound-level `sensor`, a rule-reload `button`, a `problem` binary_sensor
   "Microphone" that is ON while the monitor cannot hear (muted, capture lost, digital silence),
   and a `problem` binary_sensor "Model" that is ON while the model does not answer (model_failed).
@@ -129,6 +130,20 @@ def incident_components(specs: list[EntitySpec], topics: Topics, qos: int) -> di
     } for spec in specs if spec.kind == "yes_no"}
 
 
+def rule_switch(spec: EntitySpec, topics: Topics, qos: int, avail: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rule's on/off switch, keyed by component id.
+
+    Available whenever the daemon is online (`avail`), like the mute switch: a rule of a room whose
+    capture is lost can still be switched.
+    """
+    return {f"{spec.id}_enabled": {
+        "p": "switch", "name": f"{spec.name} enabled", "unique_id": _unique(topics, f"{spec.id}_enabled"),
+        "command_topic": topics.rule_command(spec.id), "state_topic": topics.rule_enabled(spec.id),
+        "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:toggle-switch-outline", "entity_category": "config",
+        "qos": qos, **avail,
+    }}
+
+
 def _device_class(spec: EntitySpec, allowed: tuple[str, ...], platform: str) -> dict[str, str]:
     """`{"device_class": ...}` when the rule names one Home Assistant accepts on `platform`, else nothing."""
     if not spec.device_class:
@@ -211,6 +226,7 @@ def build_payload(
             raise ValueError(f"rule id {spec.id!r} appears twice; rule ids must be unique")
         seen.add(spec.id)
         cmps.update(rule_components(spec, topics, qos, avail))
+        cmps.update(rule_switch(spec, topics, qos, _availability(daemon)))
     cmps.update(fixed_components(topics, qos, layout, daemon))
     if layout != "room":
         cmps.update(incident_components(incidents or [], topics, qos))

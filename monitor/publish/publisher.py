@@ -29,7 +29,8 @@ from monitor.publish.topics import Topics
 log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, str, str], None]
-"""(command, value, target): target is the node id (the whole daemon) or a room's source id."""
+"""(command, value, target): target is the node id (the whole daemon) or a room's source id; for a
+rule's switch (`enabled`), `{room}/{rule}`."""
 
 
 _RELOAD_WORDS = {"", "PRESS", "RELOAD", "ON", "1", "TRUE"}
@@ -78,6 +79,7 @@ class Publisher:
         self.store = EventStore(self.state_dir / "outbox.sqlite3", settings.outbox, on_change=self._republish_status)
         subscriptions = [(self.topics.command_filter, 1)] + [(r.topics.command_filter, 1) for r in self.rooms.values()
                                                              if r.id != node_id]
+        subscriptions += [(r.topics.rule_command_filter, 1) for r in self.rooms.values()]  # the rules' switches
         if settings.discovery.enabled:
             subscriptions.append((self.topics.ha_status, 1))
         discovery = {r.topics.discovery for r in self.rooms.values()} | {self.topics.discovery}
@@ -267,16 +269,30 @@ class Publisher:
                 text = raw.decode("ascii").strip().upper()
             except UnicodeDecodeError:
                 text = None
-        if name == "mute" and text in ("ON", "OFF"):
+        switched = self._rule_switch(topic)  # {prefix}/{room}/{rule}/set/enabled
+        if switched is not None:
+            name = "{rule}/set/enabled"
+        if switched is not None and text in ("ON", "OFF"):
+            self._call("enabled", text, switched)
+        elif name == "mute" and text in ("ON", "OFF"):
             self._call("mute", text, target)
         elif name == "reload" and text in _RELOAD_WORDS and not retained:
             self._call("reload", "", target)
         else:
             self._ignored_commands += 1
             shown = raw[:40] + (b"..." if len(raw) > 40 else b"")
-            hint = {"mute": "expected ON or OFF", "reload": "expected an empty payload or PRESS (not retained)"}.get(
-                name, "known commands: set/mute, set/reload")
+            hint = {"mute": "expected ON or OFF", "{rule}/set/enabled": "expected ON or OFF",
+                    "reload": "expected an empty payload or PRESS (not retained)"}.get(
+                name, "known commands: set/mute, set/reload, {rule}/set/enabled")
             log.warning("mqtt: ignored command on %s: payload %r (%s)", topic, shown, hint)
+
+    def _rule_switch(self, topic: str) -> str | None:
+        """`{room}/{rule}` when `topic` is a rule's switch of one of the rooms, else None."""
+        for room in self.rooms.values():
+            rule = room.topics.rule_of_command(topic)
+            if rule is not None:
+                return f"{room.id}/{rule}"
+        return None
 
     def _call(self, name: str, value: str, target: str) -> None:
         log.info("mqtt: command %s %s for %s", name, value, target)

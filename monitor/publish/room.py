@@ -99,6 +99,10 @@ class RoomChannel:
         """The mute switch's state on {prefix}/{room}/mute, retained."""
         self.publisher.set_retained(self.topics.mute_state, b"ON" if muted else b"OFF")
 
+    def set_enabled(self, rule_id: str, enabled: bool) -> None:
+        """A rule's switch on {prefix}/{room}/{rule}/enabled, retained: OFF, the rule is not asked."""
+        self.publisher.set_retained(self.topics.rule_enabled(rule_id), b"ON" if enabled else b"OFF")
+
     def set_entities(self, entities: list[EntitySpec]) -> None:
         """Publish the room's Home Assistant device; components of removed rules are deleted."""
         self._entities = list(entities)

@@ -83,6 +83,14 @@ class MqttSink:
                 for spec in specs:
                     union.setdefault(spec.id, spec)
             self.publisher.node.set_incidents(sorted(union.values(), key=lambda s: s.id))
+        if "rules" in state.changed or "switches" in state.changed:
+            self._switches(room, state)
+
+    def _switches(self, room: str, state: RoomState) -> None:
+        """Each rule's switch state ({prefix}/{room}/{rule}/enabled): OFF while a person has it switched off."""
+        channel = self.publisher.room(room)
+        for spec in entity_specs(state.rules):
+            channel.set_enabled(spec.id, spec.id not in state.rules_off)
 
     def status(self, status: Status) -> None:
         """The hub's switch and the Model problem sensor when they change; the retained status on a report."""

@@ -102,6 +102,26 @@ class Topics:
     def rule_text(self, rule_id: str) -> str:
         return f"{self.base}/{check_segment(rule_id, 'rule id')}/text"
 
+    def rule_enabled(self, rule_id: str) -> str:
+        """`ON` / `OFF` (retained): whether the rule is asked; the state of its switch."""
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/enabled"
+
+    def rule_command(self, rule_id: str) -> str:
+        """The rule's switch: `ON` / `OFF` on {base}/{rule}/set/enabled."""
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/set/enabled"
+
+    @property
+    def rule_command_filter(self) -> str:
+        """Subscription for the rules' switches: {base}/+/set/enabled."""
+        return f"{self.base}/+/set/enabled"
+
+    def rule_of_command(self, topic: str) -> str | None:
+        """The rule id of a topic {base}/{rule}/set/enabled; None for any other topic."""
+        head, _, rule = topic.removesuffix("/set/enabled").rpartition("/")
+        if head != self.base or not topic.endswith("/set/enabled") or not _SEGMENT.match(rule):
+            return None
+        return rule
+
     @property
     def discovery(self) -> str:
         """Device-based discovery: {discovery_prefix}/device/{node}/config."""

@@ -18,7 +18,8 @@ A yes_no rule's state machine, per window (a = window.audio_end, v = score or li
     ON  and (miss or v < release) and a - last sustain >= hold -> OFF (reason: released)
 
 Every OFF event says why (`reason`): released, schedule, rule_changed, and from the pipeline
-`muted` / `capture_lost` when the room can no longer hear (`deafen`).
+`muted` / `capture_lost` when the room can no longer hear (`deafen`), `disabled` when a person
+switches the rule off (`switch`: a switched-off rule is not asked at all until switched on).
 
 A rule is silent while outside its schedule, with one exception: a rule that is ON when its
 schedule ends is switched OFF by the first window past the end, so that no hub is left with an
@@ -107,8 +108,9 @@ class RuleEngine:
         self._last_window: tuple[float, float] | None = None  # (t_start, t_end) of the latest update
         self._last_key: tuple[int, int, float] | None = None
         self.generation = 0
-        """Counts `swap`s; stamped on every request so that an answer knows which rules asked it."""
-        self._questions: dict[int, dict[str, tuple[object, ...]]] = {0: _questions_of(ruleset)}
+        """Counts `swap`s and `switch`es; stamped on every request so that an answer knows which rules asked it."""
+        self._off: set[str] = set()  # rules switched off by a person (ids; kept across swaps)
+        self._questions: dict[int, dict[str, tuple[object, ...]]] = {0: _questions_of(ruleset)}  # generation -> asked
         self._init_states()
 
     @property
@@ -118,8 +120,8 @@ class RuleEngine:
     # ------------------------------------------------------------------ asking
 
     def active(self, rule: Rule, t: float) -> bool:
-        """Enabled and inside its schedule at epoch time `t`."""
-        return rule.enabled and is_active(rule.schedule, t, self.tz)
+        """Enabled, not switched off, and inside its schedule at epoch time `t`."""
+        return rule.enabled and rule.id not in self._off and is_active(rule.schedule, t, self.tz)
 
     def plan(self, window: Window) -> Request:
         """The questions worth asking about `window`: enabled, in schedule, gates passed.
@@ -160,8 +162,8 @@ class RuleEngine:
         asked_by = self._asked_by(result.generation)
         events: list[Event] = []
         for rule in self._ruleset.rules:
-            if not rule.enabled or not asked_by(rule):
-                continue  # planned under rules that asked something else: not this rule's answer
+            if not rule.enabled or rule.id in self._off or not asked_by(rule):
+                continue  # switched off, or planned under rules that asked something else: not this rule's answer
             if isinstance(rule, YesNoRule):
                 event = self._step(rule, window, result)
                 if event is not None:
@@ -305,10 +307,44 @@ class RuleEngine:
                 log.info("rule %s %s while ON: sent OFF", rule.id, why)
         self._ruleset = ruleset
         self._states = kept
-        self.generation += 1
-        self._questions[self.generation] = _questions_of(ruleset)
-        self._questions.pop(self.generation - self.KEEP_GENERATIONS, None)
+        self._new_generation()
         self._init_states()
+        return events
+
+    def _new_generation(self) -> None:
+        """Answers planned before this moment are used only for rules that still ask the same (see `plan`)."""
+        self.generation += 1
+        self._questions[self.generation] = _questions_of(self._ruleset, self._off)
+        self._questions.pop(self.generation - self.KEEP_GENERATIONS, None)
+
+    # ------------------------------------------------------------------ switching rules off and on
+
+    @property
+    def switched_off(self) -> frozenset[str]:
+        """The ids of the rules a person switched off (also ids no rule of this set has: they are kept)."""
+        return frozenset(self._off)
+
+    def switch(self, rule_id: str, on: bool, ts: float) -> list[Event]:
+        """Switch a rule on or off (between windows); the OFF event this causes.
+
+        Off: the rule is not planned, its answers are not decided, and a rule that is ON turns OFF
+        now (reason `disabled`, stamped `ts` with the latest window's times). On again: it starts
+        afresh (streak 0); an answer planned while it was off is not taken for it.
+        """
+        if on == (rule_id not in self._off):
+            return []
+        events: list[Event] = []
+        if on:
+            self._off.discard(rule_id)
+        else:
+            self._off.add(rule_id)
+            rule, state = self._ruleset.get(rule_id), self._states.get(rule_id)
+            if isinstance(state, _YesNoState):
+                state.streak, state.active = 0, False
+                if state.on and rule is not None:
+                    state.on = False
+                    events.append(self._event(rule, "off", self._last_window or (ts, ts), None, reason="disabled", ts=ts))
+        self._new_generation()
         return events
 
     def _init_states(self) -> None:
@@ -359,9 +395,9 @@ class RuleEngine:
         return {rid: self.status(rid) for rid in self._states}
 
 
-def _questions_of(ruleset: RuleSet) -> dict[str, tuple[object, ...]]:
-    """rule id -> what it asks, for the enabled rules of a set."""
-    return {rule.id: rule.question() for rule in ruleset.rules if rule.enabled}
+def _questions_of(ruleset: RuleSet, off: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[object, ...]]:
+    """rule id -> what it asks, for the enabled rules of a set that are not switched `off`."""
+    return {rule.id: rule.question() for rule in ruleset.rules if rule.enabled and rule.id not in off}
 
 
 def _utterance_passes(rule: TextRule, window: Window, utt: Utterance) -> bool:

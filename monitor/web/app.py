@@ -1,4 +1,4 @@
-"""The page's HTTP side: the page itself, a live stream (Server-Sent Events), clips, mute and reload.
+"""The page's HTTP side: the page itself, a live stream (Server-Sent Events), clips, mute, rule switches and reload.
 
 Security, in this order for every request: the `Host:` must name this server (`hosts.py`: a
 page that rebinds its own DNS name to this address gets 421, so it can neither read nor press
@@ -35,6 +35,7 @@ CSRF_HEADER = "x-audio-monitor"  # the page's fetch() sends it; a cross-site for
 CLIP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.(wav|flac|ogg|mp3|m4a)")
 STATIC = {"": ("index.html", "text/html; charset=utf-8"), "app.js": ("app.js", "text/javascript; charset=utf-8"),
           "style.css": ("style.css", "text/css; charset=utf-8")}
+SWITCH_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # a room or rule id (a topic segment)
 MAX_STREAMS = 64  # live pages at once; more get 503
 
 
@@ -46,6 +47,10 @@ class Controls(Protocol):
         ...
 
     def reload(self) -> None:
+        ...
+
+    def enable(self, room: str, rule: str, on: bool) -> None:
+        """Like an MQTT command on {prefix}/{room}/{rule}/set/enabled: switch a rule on or off."""
         ...
 
 
@@ -149,6 +154,9 @@ def build_app(hub: Hub, controls: Controls | None, hosts: HostPolicy, *, usernam
                 and isinstance(body.get("target"), str):
             controls.mute(body["target"], body["on"])
             return JSONResponse({"ok": True})
+        if request.path_params["what"] == "enabled" and _switch_body(body):
+            controls.enable(body["room"], body["rule"], body["on"])
+            return JSONResponse({"ok": True})
         return PlainTextResponse("bad request\n", status_code=400)
 
     routes = [
@@ -164,6 +172,12 @@ def build_app(hub: Hub, controls: Controls | None, hosts: HostPolicy, *, usernam
     if password is not None:
         app = BasicAuth(app, username, password)
     return HostCheck(app, hosts)
+
+
+def _switch_body(body: Any) -> bool:
+    """`{"room": id, "rule": id, "on": bool}`, ids that could be topic segments."""
+    return (isinstance(body, dict) and isinstance(body.get("on"), bool)
+            and all(isinstance(body.get(k), str) and SWITCH_ID.fullmatch(body[k]) for k in ("room", "rule")))
 
 
 def _media_type(path: Path) -> str:

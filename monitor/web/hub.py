@@ -48,10 +48,11 @@ class RoomView:
     spans: dict[str, list[list[float | None]]] = field(default_factory=dict)  # rule -> [[on_t, off_t|None]]
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     transcripts: dict[str, dict[str, Any]] = field(default_factory=dict)  # text rule -> {text, t}
+    off: list[str] = field(default_factory=list)  # rules switched off (not asked)
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "rules": self.rules, "points": list(self.points),
-                "spans": self.spans, "events": list(self.events), "transcripts": self.transcripts}
+                "spans": self.spans, "events": list(self.events), "transcripts": self.transcripts, "off": self.off}
 
 
 def rule_info(ruleset: RuleSet) -> list[dict[str, Any]]:
@@ -110,6 +111,15 @@ class Hub:
                 _mark(room.spans.setdefault(rule["id"], []), on_states.get(rule["id"], False), t)
             spans_now = {k: [list(s) for s in v] for k, v in room.spans.items()}
         self._post("rules", {"room": room_id, "rules": rules, "spans": spans_now})
+
+    def set_switches(self, room_id: str, off: list[str]) -> None:
+        """Which of the room's rules are switched off (the page's switches)."""
+        with self._lock:
+            room = self.rooms.get(room_id)
+            if room is None:
+                return
+            room.off = list(off)
+        self._post("switches", {"room": room_id, "off": list(off)})
 
     def set_status(self, status: dict[str, Any]) -> None:
         with self._lock:

@@ -1,7 +1,8 @@
 """The daemon's page: a `Hub` fed as one more sink (`sink`), its server, and the controls it offers.
 
-The page's mute and reload go through the daemon exactly as the MQTT commands do (queued for the
-main loop), so a room muted from the page is muted on MQTT too and remembered across restarts.
+The page's mute, rule switches and reload go through the daemon exactly as the MQTT commands do
+(queued for the main loop), so a room muted or a rule switched off from the page is so on MQTT too
+and remembered across restarts.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class LivePage:
 
     def reload(self) -> None:
         self._on_command("reload", "", "")
+        self._wake()
+
+    def enable(self, room: str, rule: str, on: bool) -> None:
+        self._on_command("enabled", "ON" if on else "OFF", f"{room}/{rule}")
         self._wake()
 
     # ------------------------------------------------------------------ the daemon's main thread

@@ -1,4 +1,4 @@
-"""The live page as one of the daemon's sinks: windows, events, each room's panel and rules, the status line.
+"""The live page as one of the daemon's sinks: windows, events, each room's panel, rules and their switches, the status line.
 
 Everything goes into the `Hub` (which never waits for a client). The status line is refreshed at
 most once a second, at once when a person just changed something (a mute).
@@ -49,6 +49,8 @@ class WebSink:
             self.hub.add_room(room, state.name, state.clips)
         if "rules" in state.changed:
             self.hub.set_rules(room, rule_info(state.rules), state.rule_states, time.time())
+        if "rules" in state.changed or "switches" in state.changed:
+            self.hub.set_switches(room, sorted(state.rules_off))
 
     def status(self, status: Status) -> None:
         now = self.clock()

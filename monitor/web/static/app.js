@@ -35,7 +35,7 @@ function value(rule, pair) {
 function renderAll() {
   const main = document.getElementById("rooms");
   main.replaceChildren(...Object.values(state.rooms).map(roomPanel));
-  for (const id of Object.keys(state.rooms)) { drawRoom(id); drawEvents(id); }
+  for (const id of Object.keys(state.rooms)) { drawSwitches(id); drawRoom(id); drawEvents(id); }
   renderStatus();
 }
 
@@ -50,6 +50,7 @@ function roomPanel(room) {
     const box = el("div", { class: "rule", id: `rule-${room.id}-${rule.id}` });
     const head = el("div", { class: "rule-head" }, el("span", { text: rule.name }),
                     el("span", { class: "state", id: `rstate-${room.id}-${rule.id}` }));
+    head.append(ruleSwitch(room, rule));
     box.append(head);
     if (rule.kind === "yes_no") {
       box.append(el("svg:svg", { class: "chart", id: `chart-${room.id}-${rule.id}`, viewBox: `0 0 ${W} ${H}`,
@@ -61,6 +62,32 @@ function roomPanel(room) {
   }
   panel.append(el("ul", { class: "events", id: `events-${room.id}` }));
   return panel;
+}
+
+// A rule's switch: unticked, the rule is not asked (the same as its switch in Home Assistant).
+function ruleSwitch(room, rule) {
+  const input = el("input", { type: "checkbox", class: "switch", id: `enabled-${room.id}-${rule.id}` });
+  input.addEventListener("change", () => post("api/enabled", { room: room.id, rule: rule.id, on: input.checked }));
+  return el("label", { class: "switch", title: `ask “${rule.name}”`, hidden: "" }, input, "enabled");
+}
+
+function ruleOff(room, ruleId) {
+  return (room.off || []).includes(ruleId);
+}
+
+function drawSwitches(id) {
+  const room = state.rooms[id];
+  for (const rule of room.rules) {
+    const off = ruleOff(room, rule.id);
+    const input = document.getElementById(`enabled-${id}-${rule.id}`);
+    if (input) {
+      input.checked = !off;
+      input.dataset.enabled = off ? "off" : "on";
+      input.parentElement.hidden = state.mode !== "live";
+    }
+    const box = document.getElementById(`rule-${id}-${rule.id}`);
+    if (box) box.classList.toggle("off", off);
+  }
 }
 
 function drawMeter(id) {
@@ -87,7 +114,7 @@ function drawRoom(id) {
     const on = spans.length > 0 && spans[spans.length - 1][1] === null;
     const label = document.getElementById(`rstate-${id}-${rule.id}`);
     if (label && rule.kind === "yes_no") {
-      label.textContent = on ? "ON" : "OFF";
+      label.textContent = on ? "ON" : ruleOff(room, rule.id) ? "OFF (switched off)" : "OFF";
       label.classList.toggle("on", on);
     }
     const text = document.getElementById(`text-${id}-${rule.id}`);
@@ -274,6 +301,14 @@ source.addEventListener("rules", (m) => {
   room.rules = r.rules;
   room.spans = r.spans;
   renderAll();
+});
+source.addEventListener("switches", (m) => {
+  const r = JSON.parse(m.data);
+  const room = state.rooms[r.room];
+  if (!room) return;
+  room.off = r.off;
+  drawSwitches(r.room);
+  drawRoom(r.room);
 });
 source.addEventListener("status", (m) => {
   state.status = JSON.parse(m.data);
