@@ -7,6 +7,9 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import Broker, Subscriber
+from tests.conftest import REPO, Broker, Subscriber
 from tests.daemon_support import LOUD_RULES, DaemonProcess, write_config
 from tests.test_web import browser, bursts, open_page, playwright, wait_until, web_url  # noqa: F401 - fixtures
 
@@ -174,3 +177,23 @@ def test_labels_that_must_not_be_saved_are_refused_and_save_nothing(live):
     assert saved(folder) == before
     status, _ = post(url, body)  # unmuted: the same label is saved
     assert status == 200 and len(saved(folder)) == len(before) + 1
+
+
+def test_the_page_shows_the_last_comparison_written_where_compare_puts_it_by_default(live):
+    """`audio-monitor compare` on the labels just made (tiny model) writes under state_dir/compare/ by default;
+    the page's per-rule line names its best phrasing and AUC (from the next label on, or within 30 s)."""
+    proc = subprocess.run([sys.executable, "-m", "monitor", "compare", RULE, "-c", str(live["tmp"] / "monitor.yaml"),
+                           "-q", "--ask", "Is anything audible? Answer yes or no."],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((live["tmp"] / "state" / "compare" / ROOM / f"compare-{RULE}" / "report.json").read_text())
+    assert post(live["url"], {"room": ROOM, "rule": RULE, "missed_seconds": 3})[0] == 200
+
+    def shown() -> dict | None:
+        state = json.loads(urllib.request.urlopen(live["url"] + "api/state", timeout=5).read())
+        return state["rooms"][0]["labels"][RULE]["compare"]
+
+    wait_until(lambda: shown() is not None, 10, "the comparison on the page")
+    best = max(report["phrasings"], key=lambda p: p["auc"])
+    assert shown()["best"]["ask"] == best["ask"] and shown()["best"]["auc"] == best["auc"]
+    assert shown()["current_auc"] == report["phrasings"][0]["auc"]
