@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from monitor.audio.redact import describe_source
 from monitor.audio.sources import AudioSource
 from monitor.clips import ClipStore
@@ -107,6 +109,22 @@ class ActiveRoom:
             self._survive(f"the clip of event {event.rule_id} {event.kind} id={event.id}", exc)
             return event
         return event.with_clip(str(path)) if path is not None else event
+
+    def recent_audio(self, seconds: float) -> tuple[np.ndarray, float]:
+        """The last `seconds` of what the room heard (less where the ring holds less, or a mute ended
+        inside them: nothing heard while muted is handed out), and the wall time of its end.
+
+        Read from the ring as a reader: the capture side is never waited for.
+        """
+        ring = self.pipeline.ring
+        end = ring.written
+        first = max(ring.oldest, ring.private_end, end - int(round(seconds * ring.sample_rate)), 0)
+        try:
+            audio = ring.read(first, end)
+        except LookupError:  # lapped while copying: a second try starts from a newer oldest sample
+            end = ring.written
+            audio = ring.read(max(ring.oldest + ring.sample_rate, ring.private_end, end - int(seconds * ring.sample_rate)), end)
+        return audio, ring.time_of(end)
 
     # ------------------------------------------------------------------ mute and hearing
 

@@ -24,7 +24,9 @@ def add_parser(sub: Any) -> None:
     room_args(p)
     p.add_argument("--labels", type=Path, default=None, metavar="DIR",
                    help="the labelled set (default: the config's state_dir/labels); its <room>/<RULE>/ clips are used")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: compare-RULE here)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: the config's state_dir/compare/ROOM/compare-RULE, where the live page "
+                        "shows the latest comparison)")
     p.add_argument("--max-fa-per-hour", type=rate, default=1.0, metavar="X",
                    help="the false-alarm budget each phrasing's threshold must keep (default: 1 per hour of negatives)")
     p.add_argument("--apply", type=int, default=None, metavar="N",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace, config: Any, rule: Any) -> dict[str, Any] | None:
     from monitor.engine.backends import load_backend
     from monitor.engine.errors import ModelLoadError
-    from monitor.labels.store import read_labels
+    from monitor.labels.store import compare_dir, read_labels
     from monitor.tuning.compare import CompareError, build_report, format_table, phrasings_of, score_clips, write_report
     from monitor.tuning.eval import model_name
 
@@ -91,7 +93,7 @@ def _compare(args: argparse.Namespace, config: Any, rule: Any) -> dict[str, Any]
         if close is not None:
             close()
     report = build_report(rule, scored, prompts, args.max_fa_per_hour, model_name(config))
-    out_dir: Path = args.out or Path.cwd() / f"compare-{rule.id}"
+    out_dir: Path = args.out or compare_dir(config.state_dir, room.id, rule.id)
     try:
         paths = write_report(report, out_dir)
     except OSError as exc:

@@ -1,20 +1,25 @@
-"""What people switch: commands from MQTT and the page (mute, rules on/off, reload), and the switches, kept in state_dir.
+"""What people switch: commands from MQTT and the page (mute, rules on/off, reload, labels), and the switches, kept in state_dir.
 
 Commands arrive on other threads (paho's, the web server's) and are only queued there; the main
 loop applies them (`apply`). A mute survives a restart: a privacy switch that forgets itself is
 no privacy switch. A whole home has a switch per room and one for every room (the node's). Each
 rule of each room has its own switch too (`enabled`): off, it is not asked; kept the same way.
+Labels (an alert right or wrong, a sound missed) go to the `Labeller`, carried out by the same loop.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from monitor.config import Config
+from monitor.daemon.labelling import Labeller
+from monitor.labels.requests import LabelRequest, Outcome, parse_label
 from monitor.rooms import ActiveRoom
 
 if TYPE_CHECKING:
@@ -32,6 +37,7 @@ class Controls:
         self.rooms = rooms
         self.reload_requested = threading.Event()  # set by a command, SIGHUP or the page; the main loop reloads
         self._commands: collections.deque[tuple[str, str, str]] = collections.deque()  # (name, value, target)
+        self.labels = Labeller(config, state_dir, rooms)  # also one of the daemon's sinks (it remembers the alerts)
 
     @property
     def home_mute_file(self) -> Path:
@@ -41,8 +47,17 @@ class Controls:
         """From the MQTT or web thread: only queue; the main loop acts."""
         if name == "reload":
             self.reload_requested.set()
+        elif name == "label":  # from MQTT: value is the checked JSON body, target `{room}/{rule}`
+            room, _, rule = target.partition("/")
+            request = parse_label(json.loads(value), room, rule, "mqtt")
+            if isinstance(request, LabelRequest):
+                self.labels.submit(request)  # the outcome is logged by the labeller
         else:
             self._commands.append((name, value, target))
+
+    def label(self, request: LabelRequest) -> Future[Outcome]:
+        """From the web thread: a label for the main loop; its outcome on the future."""
+        return self.labels.submit(request)
 
     def home_muted(self) -> bool:
         """Whether the whole-home switch was left ON before the restart (a whole home only)."""
@@ -61,6 +76,7 @@ class Controls:
         """Carry out the queued commands (the main thread)."""
         while self._commands:
             self.command(*self._commands.popleft(), board=board)
+        self.labels.apply()
 
     def command(self, name: str, value: str, target: str, *, board: StatusBoard) -> None:
         """A mute switch: a room's own, or (the node's, in a whole home) every room's; or a rule's switch."""

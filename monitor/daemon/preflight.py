@@ -20,6 +20,9 @@ from monitor.rules import RuleSet, load_rules
 from monitor.yamlsource import ValidationFailed
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from monitor.labels.requests import LabelRequest, Outcome
     from monitor.publish.publisher import Publisher
     from monitor.web.live import LivePage
 
@@ -115,7 +118,8 @@ def check_devices(config: Config, first_given: bool) -> dict[str, str]:
     return {room_id: detail for room_id, (_, detail) in missing.items()}
 
 
-def open_page(config: Config, on_command: Command, wake: Callable[[], None]) -> LivePage | None:
+def open_page(config: Config, on_command: Command, wake: Callable[[], None],
+              on_label: Callable[[LabelRequest], Future[Outcome]] | None = None) -> LivePage | None:
     """The live page when `web.enabled` (not serving yet); StartupError when its password cannot be read."""
     if not config.web.enabled:
         return None
@@ -123,7 +127,7 @@ def open_page(config: Config, on_command: Command, wake: Callable[[], None]) -> 
     from monitor.web.server import WebError
 
     try:
-        return LivePage(config.web, on_command, wake)
+        return LivePage(config.web, on_command, wake, on_label)
     except WebError as exc:
         raise StartupError(str(exc)) from None
 

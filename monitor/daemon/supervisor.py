@@ -117,8 +117,11 @@ class Daemon:
         check_state_dir(self.state_dir)
         missing = check_devices(cfg, self._source is not None)
         self.worker = self.board.worker = make_worker(cfg, rulesets, self._route, self._engine_factory)
-        self.page = open_page(cfg, self.controls.on_command, self._wake.set)
+        self.page = open_page(cfg, self.controls.on_command, self._wake.set, self.controls.label)
         self.scorelog = add_local_sinks(cfg, self.sinks, self.metrics, self.page)
+        self.sinks.add(self.controls.labels)  # remembers the alerts to label; shows the labels kept on the page
+        if self.page is not None:
+            self.controls.labels.show = self.page.hub.set_labels
         make_rooms(cfg, rulesets, self.worker, self.state_dir, self.sinks, self._survive, self.controls, self.rooms,
                    source=self._source, missing=missing)
         self.desk = add_incidents(cfg, self.rooms, self.worker, self._wake.set)

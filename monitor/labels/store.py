@@ -338,6 +338,11 @@ def counts(folder: Path, room: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def compare_dir(state_dir: Path, room: str, rule: str) -> Path:
+    """Where `audio-monitor compare` writes a room's rule's report by default, and where the daemon's page finds it."""
+    return Path(state_dir) / "compare" / room / f"compare-{rule}"
+
+
 def _read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from monitor import __version__
 from monitor.events import Event
+from monitor.labels.requests import parse_label
 from monitor.publish.client import make_client
 from monitor.publish.discovery import EntitySpec
 from monitor.publish.link import Link
@@ -30,11 +31,12 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, str, str], None]
 """(command, value, target): target is the node id (the whole daemon) or a room's source id; for a
-rule's switch (`enabled`), `{room}/{rule}`."""
+rule's switch (`enabled`) and a label (`label`, whose value is its JSON body), `{room}/{rule}`."""
 
 
 _RELOAD_WORDS = {"", "PRESS", "RELOAD", "ON", "1", "TRUE"}
 _MAX_COMMAND_BYTES = 64
+_MAX_LABEL_BYTES = 512
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Publisher:
         subscriptions = [(self.topics.command_filter, 1)] + [(r.topics.command_filter, 1) for r in self.rooms.values()
                                                              if r.id != node_id]
         subscriptions += [(r.topics.rule_command_filter, 1) for r in self.rooms.values()]  # the rules' switches
+        subscriptions += [(r.topics.rule_label_filter, 1) for r in self.rooms.values()]  # labels from the phone
         if settings.discovery.enabled:
             subscriptions.append((self.topics.ha_status, 1))
         discovery = {r.topics.discovery for r in self.rooms.values()} | {self.topics.discovery}
@@ -263,6 +266,10 @@ class Publisher:
 
     def _command(self, topic: str, raw: bytes, retained: bool) -> None:
         target, name = topic.rsplit("/", 3)[-3], topic.rsplit("/", 1)[-1]  # {prefix}/{target}/set/{name}
+        labelled = self._rule_switch(topic, "label")  # {prefix}/{room}/{rule}/set/label
+        if labelled is not None:
+            self._label(topic, raw, retained, labelled)
+            return
         text = None
         if len(raw) <= _MAX_COMMAND_BYTES:
             try:
@@ -283,13 +290,33 @@ class Publisher:
             shown = raw[:40] + (b"..." if len(raw) > 40 else b"")
             hint = {"mute": "expected ON or OFF", "{rule}/set/enabled": "expected ON or OFF",
                     "reload": "expected an empty payload or PRESS (not retained)"}.get(
-                name, "known commands: set/mute, set/reload, {rule}/set/enabled")
+                name, "known commands: set/mute, set/reload, {rule}/set/enabled, {rule}/set/label")
             log.warning("mqtt: ignored command on %s: payload %r (%s)", topic, shown, hint)
 
-    def _rule_switch(self, topic: str) -> str | None:
-        """`{room}/{rule}` when `topic` is a rule's switch of one of the rooms, else None."""
+    def _label(self, topic: str, raw: bytes, retained: bool, target: str) -> None:
+        """A label from the phone: a checked JSON body goes on as the `label` command, anything else is one line."""
+        room, _, rule = target.partition("/")
+        problem = "a retained label would be applied again on every reconnect" if retained else None
+        body = None
+        if problem is None and len(raw) <= _MAX_LABEL_BYTES:
+            try:
+                body = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                body = None
+        request = parse_label(body, room, rule, "mqtt") if problem is None else problem
+        if isinstance(request, str):
+            self._ignored_commands += 1
+            shown = raw[:60] + (b"..." if len(raw) > 60 else b"")
+            log.warning("mqtt: ignored label on %s: payload %r (%s)", topic, shown, request)
+            return
+        value = ({"missed_seconds": request.missed_seconds} if request.event is None
+                 else {"event": request.event, "verdict": request.answer})
+        self._call("label", json.dumps(value), target)
+
+    def _rule_switch(self, topic: str, name: str = "enabled") -> str | None:
+        """`{room}/{rule}` when `topic` is a rule's command `name` of one of the rooms, else None."""
         for room in self.rooms.values():
-            rule = room.topics.rule_of_command(topic)
+            rule = room.topics.rule_of_command(topic, name)
             if rule is not None:
                 return f"{room.id}/{rule}"
         return None

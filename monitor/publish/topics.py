@@ -115,12 +115,22 @@ class Topics:
         """Subscription for the rules' switches: {base}/+/set/enabled."""
         return f"{self.base}/+/set/enabled"
 
-    def rule_of_command(self, topic: str) -> str | None:
-        """The rule id of a topic {base}/{rule}/set/enabled; None for any other topic."""
-        head, _, rule = topic.removesuffix("/set/enabled").rpartition("/")
-        if head != self.base or not topic.endswith("/set/enabled") or not _SEGMENT.match(rule):
+    def rule_of_command(self, topic: str, name: str = "enabled") -> str | None:
+        """The rule id of a topic {base}/{rule}/set/{name} (`enabled`, `label`); None for any other topic."""
+        suffix = f"/set/{name}"
+        head, _, rule = topic.removesuffix(suffix).rpartition("/")
+        if head != self.base or not topic.endswith(suffix) or not _SEGMENT.match(rule):
             return None
         return rule
+
+    def rule_label(self, rule_id: str) -> str:
+        """A rule's labels: `{"event": ID, "verdict": "right"|"wrong"}` or `{"missed_seconds": N}` on {base}/{rule}/set/label."""
+        return f"{self.base}/{check_segment(rule_id, 'rule id')}/set/label"
+
+    @property
+    def rule_label_filter(self) -> str:
+        """Subscription for the rules' labels: {base}/+/set/label."""
+        return f"{self.base}/+/set/label"
 
     @property
     def discovery(self) -> str:

@@ -1,4 +1,4 @@
-"""The page's HTTP side: the page itself, a live stream (Server-Sent Events), clips, mute, rule switches and reload.
+"""The page's HTTP side: the page itself, a live stream (Server-Sent Events), clips, mute, rule switches, labels and reload.
 
 Security, in this order for every request: the `Host:` must name this server (`hosts.py`: a
 page that rebinds its own DNS name to this address gets 421, so it can neither read nor press
@@ -10,11 +10,13 @@ cross-site form cannot set. Clips come only from a room's clips folder, by a pla
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
 import re
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from monitor.labels.requests import LabelRequest, Outcome, parse_label
 from monitor.web.hosts import HostCheck, HostPolicy
 from monitor.web.hub import Hub, SlowClient
 
@@ -37,6 +40,7 @@ STATIC = {"": ("index.html", "text/html; charset=utf-8"), "app.js": ("app.js", "
           "style.css": ("style.css", "text/css; charset=utf-8")}
 SWITCH_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # a room or rule id (a topic segment)
 MAX_STREAMS = 64  # live pages at once; more get 503
+LABEL_WAIT = 10.0  # seconds a label waits for the daemon's main loop
 
 
 class Controls(Protocol):
@@ -51,6 +55,10 @@ class Controls(Protocol):
 
     def enable(self, room: str, rule: str, on: bool) -> None:
         """Like an MQTT command on {prefix}/{room}/{rule}/set/enabled: switch a rule on or off."""
+        ...
+
+    def label(self, request: LabelRequest) -> Future[Outcome]:
+        """Like {prefix}/{room}/{rule}/set/label: an alert marked right or wrong, or a sound missed."""
         ...
 
 
@@ -157,6 +165,8 @@ def build_app(hub: Hub, controls: Controls | None, hosts: HostPolicy, *, usernam
         if request.path_params["what"] == "enabled" and _switch_body(body):
             controls.enable(body["room"], body["rule"], body["on"])
             return JSONResponse({"ok": True})
+        if request.path_params["what"] == "label":
+            return await _label(controls, body)
         return PlainTextResponse("bad request\n", status_code=400)
 
     routes = [
@@ -172,6 +182,20 @@ def build_app(hub: Hub, controls: Controls | None, hosts: HostPolicy, *, usernam
     if password is not None:
         app = BasicAuth(app, username, password)
     return HostCheck(app, hosts)
+
+
+async def _label(controls: Controls, body: Any) -> Response:
+    """A label: 200 saved, or the daemon's one line with its status (404, 409, 410 clip gone, 503)."""
+    request = parse_label(body, *(body.get(k) if isinstance(body, dict) else None for k in ("room", "rule")), "page")
+    if isinstance(request, str):
+        return PlainTextResponse(f"bad request: {request}\n", status_code=400)
+    try:
+        outcome = await asyncio.wait_for(asyncio.wrap_future(controls.label(request)), LABEL_WAIT)
+    except asyncio.TimeoutError:
+        return PlainTextResponse("label not saved: the daemon did not answer in time; try again\n", status_code=503)
+    if not outcome.ok:
+        return PlainTextResponse(outcome.message + "\n", status_code=outcome.status)
+    return JSONResponse({"ok": True, "message": outcome.message})
 
 
 def _switch_body(body: Any) -> bool:

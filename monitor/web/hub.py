@@ -49,10 +49,12 @@ class RoomView:
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     transcripts: dict[str, dict[str, Any]] = field(default_factory=dict)  # text rule -> {text, t}
     off: list[str] = field(default_factory=list)  # rules switched off (not asked)
+    labels: dict[str, Any] = field(default_factory=dict)  # rule -> labels kept, hits on them, the last comparison
 
     def snapshot(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "rules": self.rules, "points": list(self.points),
-                "spans": self.spans, "events": list(self.events), "transcripts": self.transcripts, "off": self.off}
+                "spans": self.spans, "events": list(self.events), "transcripts": self.transcripts, "off": self.off,
+                "labels": self.labels}
 
 
 def rule_info(ruleset: RuleSet) -> list[dict[str, Any]]:
@@ -120,6 +122,15 @@ class Hub:
                 return
             room.off = list(off)
         self._post("switches", {"room": room_id, "off": list(off)})
+
+    def set_labels(self, room_id: str, labels: dict[str, Any]) -> None:
+        """Per rule: the labels kept, the current threshold's hits and false alarms on them, the last comparison."""
+        with self._lock:
+            room = self.rooms.get(room_id)
+            if room is None:
+                return
+            room.labels = labels
+        self._post("labels", {"room": room_id, "labels": labels})
 
     def set_status(self, status: dict[str, Any]) -> None:
         with self._lock:

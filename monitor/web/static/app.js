@@ -35,7 +35,7 @@ function value(rule, pair) {
 function renderAll() {
   const main = document.getElementById("rooms");
   main.replaceChildren(...Object.values(state.rooms).map(roomPanel));
-  for (const id of Object.keys(state.rooms)) { drawSwitches(id); drawRoom(id); drawEvents(id); }
+  for (const id of Object.keys(state.rooms)) { drawSwitches(id); drawRoom(id); drawEvents(id); drawLabels(id); }
   renderStatus();
 }
 
@@ -55,13 +55,55 @@ function roomPanel(room) {
     if (rule.kind === "yes_no") {
       box.append(el("svg:svg", { class: "chart", id: `chart-${room.id}-${rule.id}`, viewBox: `0 0 ${W} ${H}`,
                                  preserveAspectRatio: "none", "data-points": "0" }));
+      box.append(el("div", { class: "labels dim", id: `labels-${room.id}-${rule.id}` }));
     } else if (rule.kind === "text") {
       box.append(el("div", { class: "transcript", id: `text-${room.id}-${rule.id}` }));
     }
     panel.append(box);
   }
+  const yesNo = room.rules.filter((r) => r.kind === "yes_no");
+  if (state.mode === "live" && yesNo.length) panel.append(missedForm(room, yesNo));
   panel.append(el("ul", { class: "events", id: `events-${room.id}` }));
   return panel;
+}
+
+// "It missed something": the last N seconds of the room, kept as a positive of the chosen rule.
+function missedForm(room, rules) {
+  const rule = el("select", { id: `missed-rule-${room.id}`, title: "the rule that should have fired" },
+                  ...rules.map((r) => el("option", { value: r.id, text: r.name })));
+  const seconds = el("input", { id: `missed-seconds-${room.id}`, type: "number", min: "1", max: "600", step: "1",
+                                value: "30", title: "how far back, in seconds" });
+  const button = el("button", { id: `missed-${room.id}`, class: "missed", text: "It missed something" });
+  const said = el("span", { class: "dim label-result", id: `missed-result-${room.id}` });
+  button.addEventListener("click", () => label(said, { room: room.id, rule: rule.value,
+                                                       missed_seconds: Number(seconds.value) || 30 }));
+  return el("div", { class: "missed-form" }, button, rule, el("span", { class: "dim", text: "last" }), seconds,
+            el("span", { class: "dim", text: "s" }), said);
+}
+
+// Per rule: the labels kept, and how the current threshold does on them (from the scores kept with each).
+function drawLabels(id) {
+  const room = state.rooms[id];
+  for (const rule of room.rules) {
+    const line = document.getElementById(`labels-${id}-${rule.id}`);
+    const l = (room.labels || {})[rule.id];
+    if (!line || !l) continue;
+    let text = `labels: ${l.positive} positive, ${l.negative} false alarm${l.negative === 1 ? "" : "s"}`;
+    if (l.positive_scored || l.negative_scored) {
+      text += ` · at threshold ${l.threshold}: ${l.hits} of ${l.positive_scored} scored positives reach it (hits), ` +
+        `${l.false_alarms} of ${l.negative_scored} negatives reach it (false alarms)`;
+      const unscored = l.positive - l.positive_scored;
+      if (unscored) text += `; ${unscored} missed sound${unscored === 1 ? "" : "s"} without a score`;
+    }
+    if (l.compare && l.compare.best) {
+      const b = l.compare.best;
+      text += ` · last comparison ${l.compare.time.slice(0, 16).replace("T", " ")}: best #${b.n} “${b.ask}” ` +
+        `AUC ${b.auc.toFixed(2)}` + (l.compare.current_auc != null ? ` (current ${l.compare.current_auc.toFixed(2)})` : "");
+    }
+    line.textContent = text;
+    line.dataset.positive = String(l.positive);
+    line.dataset.negative = String(l.negative);
+  }
 }
 
 // A rule's switch: unticked, the rule is not asked (the same as its switch in Home Assistant).
@@ -154,12 +196,12 @@ function drawEvents(id) {
   const list = document.getElementById(`events-${id}`);
   if (!list) return;
   const old = new Map([...list.children].map((li) => [li.dataset.id, li]));
-  const items = state.rooms[id].events.slice().reverse().map((e) => old.get(e.id) || eventItem(e));
+  const items = state.rooms[id].events.slice().reverse().map((e) => old.get(e.id) || eventItem(id, e));
   items.forEach((li, i) => { if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null); });
   while (list.children.length > items.length) list.lastElementChild.remove();
 }
 
-function eventItem(e) {
+function eventItem(roomId, e) {
   const li = el("li", { class: `event ${e.kind}`, "data-id": e.id, "data-rule": e.rule, "data-kind": e.kind });
   li.append(el("span", { class: "dim", text: clock(e.t) }), el("span", { text: `${e.name} ${e.kind}` }));
   if (e.score !== null && e.score !== undefined) li.append(el("span", { text: `score ${e.score.toFixed(3)}` }));
@@ -167,6 +209,16 @@ function eventItem(e) {
   if (e.reason) li.append(el("span", { class: "dim", text: e.reason }));
   if (e.clip) li.append(el("audio", { controls: "", preload: "metadata", src: e.clip }));
   if (e.description) describe(li, e.description);
+  const rule = (state.rooms[roomId].rules || []).find((r) => r.id === e.rule);
+  if (state.mode === "live" && e.kind === "on" && rule && rule.kind === "yes_no") {
+    const said = el("span", { class: "dim label-result" });
+    for (const [verdict, text] of [["right", "right"], ["wrong", "false alarm"]]) {
+      const button = el("button", { class: `label ${verdict}`, "data-verdict": verdict, text });
+      button.addEventListener("click", () => label(said, { room: roomId, rule: e.rule, event: e.id, verdict }));
+      li.append(button);
+    }
+    li.append(said);
+  }
   return li;
 }
 
@@ -232,6 +284,22 @@ async function post(path, body) {
     body: JSON.stringify(body), credentials: "same-origin",
   });
   if (!response.ok) document.getElementById("status").textContent = `${path}: ${response.status}`;
+}
+
+// A label's outcome is shown beside its button: saved, or the daemon's one line (e.g. 410: the clip is gone).
+async function label(said, body) {
+  said.textContent = "…";
+  try {
+    const response = await fetch("api/label", {
+      method: "POST", headers: { "Content-Type": "application/json", "X-Audio-Monitor": "1" },
+      body: JSON.stringify(body), credentials: "same-origin",
+    });
+    said.textContent = response.ok ? "saved" : (await response.text()).trim();
+    said.dataset.status = String(response.status);
+  } catch (err) {
+    said.textContent = `not saved: ${err}`;
+    said.dataset.status = "error";
+  }
 }
 
 document.getElementById("reload").addEventListener("click", () => post("api/reload", {}));
@@ -309,6 +377,13 @@ source.addEventListener("switches", (m) => {
   room.off = r.off;
   drawSwitches(r.room);
   drawRoom(r.room);
+});
+source.addEventListener("labels", (m) => {
+  const r = JSON.parse(m.data);
+  const room = state.rooms[r.room];
+  if (!room) return;
+  room.labels = r.labels;
+  drawLabels(r.room);
 });
 source.addEventListener("status", (m) => {
   state.status = JSON.parse(m.data);
