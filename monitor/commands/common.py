@@ -36,3 +36,18 @@ def load_config_or_exit(path: Path | None, overrides: Sequence[str], as_log: boo
             else:
                 print(problem, file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def save_and_show(report: dict[str, Any], out_dir: Path, name: str, plot: Any, table: str) -> bool:
+    """Write a tuning report (JSON and plot) into `out_dir` and print its table; False, with one line, when
+    the folder cannot be written."""
+    from monitor.tuning.reports import write_report  # noqa: PLC0415
+
+    try:
+        paths = write_report(report, out_dir, name, plot)
+    except OSError as exc:
+        log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
+        return False
+    print(table)
+    print(f"report: {paths['report']}  plot: {paths['plot']}")
+    return True

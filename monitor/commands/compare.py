@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from monitor.commands.common import config_args
+from monitor.commands.common import config_args, save_and_show
 from monitor.commands.eval import rate
 from monitor.commands.recordings import TUNING_EXTRA, load_rules, log, missing_tuning_extra, room_args, setup
 
@@ -64,7 +64,8 @@ def _compare(args: argparse.Namespace, config: Any, rule: Any) -> dict[str, Any]
     from monitor.engine.backends import load_backend
     from monitor.engine.errors import ModelLoadError
     from monitor.labels.store import compare_dir, read_labels
-    from monitor.tuning.compare import CompareError, build_report, format_table, phrasings_of, score_clips, write_report
+    from monitor.tuning.compare import CompareError, build_report, format_table, phrasings_of, score_clips
+    from monitor.tuning.plots import plot_compare
     from monitor.tuning.eval import model_name
 
     room = config.rooms[0]
@@ -94,13 +95,8 @@ def _compare(args: argparse.Namespace, config: Any, rule: Any) -> dict[str, Any]
             close()
     report = build_report(rule, scored, prompts, args.max_fa_per_hour, model_name(config))
     out_dir: Path = args.out or compare_dir(config.state_dir, room.id, rule.id)
-    try:
-        paths = write_report(report, out_dir)
-    except OSError as exc:
-        log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
+    if not save_and_show(report, out_dir, "compare", plot_compare, format_table(report)):
         return None
-    print(format_table(report))
-    print(f"report: {paths['report']}  plot: {paths['plot']}")
     return report
 
 

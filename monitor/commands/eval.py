@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.audio.formats import AUDIO_FORMATS
-from monitor.commands.common import config_args
+from monitor.commands.common import config_args, save_and_show
 from monitor.commands.recordings import load_rules, log, missing_tuning_extra, room_args, setup, setup_rooms
 from monitor.yamlsource import ValidationFailed
 
@@ -130,13 +130,7 @@ def _evaluate(config: Any, ruleset: Any, dataset: Any, args: argparse.Namespace,
 
 
 def _write(report: dict[str, Any], out_dir: Path) -> bool:
-    from monitor.tuning.eval import format_table, write_report
+    from monitor.tuning.eval import format_table
+    from monitor.tuning.plots import plot_eval
 
-    try:
-        paths = write_report(report, out_dir)
-    except OSError as exc:
-        log.error("--out: cannot write into %s (%s)", out_dir, exc.strerror or exc)
-        return False
-    print(format_table(report))
-    print(f"report: {paths['report']}  plot: {paths['plot']}")
-    return True
+    return save_and_show(report, out_dir, "eval", plot_eval, format_table(report))

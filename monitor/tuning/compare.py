@@ -17,7 +17,6 @@ come with their counts and intervals, because a home's labelled set is small.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -178,18 +177,6 @@ def format_table(report: dict[str, Any], width: int = 60) -> str:
     if clips["positive"] < 10 or clips["negative"] < 10:
         lines.append("few labels: rates and differences here are rough; label more alerts before trusting a small gain")
     return "\n".join(lines)
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """report.json and compare.png into `out_dir`."""
-    from monitor.tuning.plots import plot_compare
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    png = out_dir / "compare.png"
-    plot_compare(report, png)
-    return {"report": path, "plot": png}
 
 
 def refusal(report: dict[str, Any], n: int) -> str | None:

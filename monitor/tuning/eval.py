@@ -232,17 +232,3 @@ def format_table(report: dict[str, Any]) -> str:
         if entry.get("best_note"):
             lines.append(f"{rule_id}: {entry['best_note']}")
     return "\n".join(lines)
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """report.json and eval.png into `out_dir`."""
-    import json
-
-    from monitor.tuning.plots import plot_eval
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    png = out_dir / "eval.png"
-    plot_eval(report, png)
-    return {"report": path, "plot": png}
