@@ -27,6 +27,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # suite's engines, and the daemons it starts, compare scores at float32's tolerances: pin auto to
 # float32 here and in every child process. tests/test_precision.py checks the choice itself, both ways.
 os.environ["MONITOR_CPU_BF16"] = "0"
+# One torch (OpenMP) thread here and in every child process: the suite's models are tiny, and on a
+# 2-core machine a second thread per process only spins against the other processes (pytest, the
+# daemon under test, the vLLM server). Measured: a tiny model's load with its self-checks took 10-30 s
+# with 2 threads on a busy machine, 4-6 s with 1. Set OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def need(condition: bool, what: str) -> None:

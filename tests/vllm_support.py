@@ -65,6 +65,7 @@ class VllmServer:
                *(["--api-key", self.api_key] if self.api_key else []), *self.extra]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         env.pop("CI", None)
+        env.pop("OMP_NUM_THREADS", None)  # tests/conftest.py pins the suite's tiny models to 1; vLLM places its own
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
