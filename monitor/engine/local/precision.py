@@ -22,6 +22,13 @@ check (`selfcheck`) allows that much:
 - float64: the paths are exact; 1e-9 allows float64's rounding (2^-53) only.
 
 Scores are read in float32 whatever the dtype (`answers.AnswerHead`).
+
+Between two dtypes (`between_dtypes`) the paths do not matter, the model's conditioning does: a
+bfloat16 score misses the exact one by G·u/4 and float32's by 1/65536 of that, so a bfloat16
+score is within G·(2^-8 + 2^-24)/4 of float32's, G measured in float32 against float64 (in
+bfloat16, whose sums are float32, G was smaller still: 16 against 30 on tiny, 840 against 3.9e3
+on `small`). That is a bound for a model, not one number: 0.029 on tiny; vacuous (above 1) on the
+random-weight `small`, whose answers in two dtypes are then unrelated (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -45,6 +52,20 @@ def score_tolerance(dtype: torch.dtype) -> float:
         return FLOAT32
     u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF[torch.bfloat16])  # an unknown dtype: as coarse as bfloat16
     return BFLOAT16_SCORE * min(1.0, math.sqrt(u / UNIT_ROUNDOFF[torch.bfloat16]))
+
+
+def amplification(got: float, exact: float, dtype: torch.dtype) -> float:
+    """G: how much a model amplifies a rounding, from one score in `dtype` and the same in float64 (log-odds / u)."""
+    def logit(p: float) -> float:
+        p = min(max(p, 1e-300), 1 - 1e-16)
+        return math.log(p) - math.log1p(-p)
+
+    return abs(logit(got) - logit(exact)) / UNIT_ROUNDOFF[dtype]
+
+
+def between_dtypes(g: float, dtype: torch.dtype, reference: torch.dtype = torch.float32) -> float:
+    """Max |score in `dtype` - score in `reference`| on a model of amplification `g` (at most 1)."""
+    return min(1.0, g * (UNIT_ROUNDOFF[dtype] + UNIT_ROUNDOFF[reference]) / 4)
 
 
 def encoder_tolerance(dtype: torch.dtype) -> float:
