@@ -293,6 +293,27 @@ def child_argv(args: argparse.Namespace, dtype: str, model_dir: Path | None, lay
     return argv
 
 
+def tolerance_vs_fp32(dtype: str, at: dict, fp32: dict, fp64: dict) -> dict:
+    """The bound on |score - float32's| this model's conditioning sets (docs/engine.md, "Precision"), where
+    float64 ran: G, its amplification of a rounding, from float32's scores against float64's at 8 questions."""
+    import torch
+
+    from monitor.engine.local.precision import amplification, between_dtypes
+
+    g = None
+    for depth, line in at.items():
+        lines32, lines64 = fp32.get(depth), fp64.get(depth)
+        if not lines32 or not lines64:
+            return {"amplification": None, "tolerance_vs_fp32": None, "within_tolerance": None}
+        want = next(x for x in lines64 if x["P"] == line["P"])["_scores"]
+        got = next(x for x in lines32 if x["P"] == line["P"])["_scores"]
+        g = max([g or 0.0] + [amplification(a, b, torch.float32) for a, b in zip(got, want, strict=True)])
+    bound = between_dtypes(g, getattr(torch, dtype)) if dtype not in ("float32", "float64") else None
+    diff = max((x["max_abs_diff_vs_fp32"] for x in at.values() if x["max_abs_diff_vs_fp32"] is not None), default=None)
+    return {"amplification": float(f"{g:.3g}"), "tolerance_vs_fp32": None if bound is None else float(f"{bound:.3g}"),
+            "within_tolerance": None if bound is None or diff is None else diff <= bound}
+
+
 def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
     """Each dtype (and, for the slice, each depth) in a child process; lines compared with float32's; summaries."""
     from monitor.testing.tiny.qwen2_audio import FULL_LAYERS, count_parameters
@@ -335,6 +356,8 @@ def by_dtype(args: argparse.Namespace, dtypes: list[str]) -> int:
                    "max_abs_diff_vs_fp32": max((x["max_abs_diff_vs_fp32"] for x in at.values()
                                                 if x["max_abs_diff_vs_fp32"] is not None), default=None),
                    "max_abs_diff_vs_plain": max(x["max_abs_diff"] for x in at.values())}
+        summary.update(tolerance_vs_fp32(dtype, at, {d: lines.get(("float32", d)) for d in depths},
+                                         {d: lines.get(("float64", d)) for d in depths}))
         if args.size == "slice":
             summary["layers"] = depths[-1]
             summary["engine_ms_by_layers"] = {str(d): x["engine_ms"] for d, x in at.items()}

@@ -47,25 +47,31 @@ def test_dtypes_list_float32_first_and_unknown_names_refused():
 
 
 def test_engine_bench_prints_a_line_per_dtype_and_a_summary(tmp_path):
-    """One run, two dtypes, each in its own process: float64's scores against float32's on the same
-    (bfloat16-stored) weights, float64's own scores equal to its plain forward, a peak RSS each."""
+    """One run, three dtypes, each in its own process: float64's and bfloat16's scores against float32's on
+    the same (bfloat16-stored) weights, float64's own scores equal to its plain forward, a peak RSS each, and
+    bfloat16's difference within the bound the model's amplification (float32 against float64) sets."""
     proc = subprocess.run(
-        [sys.executable, "bench/engine.py", "--size", "tiny", "--dtypes", "float64,float32", "--ps", "2",
+        [sys.executable, "bench/engine.py", "--size", "tiny", "--dtypes", "float64,float32,bfloat16", "--ps", "2",
          "--repeats", "1", "--no-naive", "--window", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     per_p = [x for x in lines if not x.get("summary")]
     summary = {x["dtype"]: x for x in lines if x.get("summary")}
-    assert [x["dtype"] for x in per_p] == ["float32", "float64"]  # float32 first: the others compare with it
-    assert set(summary) == {"float32", "float64"}
+    assert [x["dtype"] for x in per_p] == ["float32", "float64", "bfloat16"]  # float32 first: the others compare with it
+    assert set(summary) == {"float32", "float64", "bfloat16"}
     for line in per_p:
         for key in ("dtype", "questions", "engine_ms", "naive_ms", "max_abs_diff_vs_fp32", "rss_mb", "model_rss_mb"):
             assert key in line, key
         assert line["questions"] == 2 and line["naive_ms"] is None and line["model_rss_mb"] > 0
         assert "scores" not in line  # the child's scores are the parent's business
-    fp32, fp64 = per_p
+    fp32, fp64, bf16 = per_p
     assert fp32["max_abs_diff_vs_fp32"] == 0.0 and fp32["engine_ms_vs_fp32"] == 1.0
     # float32's rounding, and only that: both children hear the same windows (sox dithers alike in each)
     assert 0 < fp64["max_abs_diff_vs_fp32"] < 1e-4
     assert summary["float64"]["engine_ms_vs_fp32"] > 0
+    # docs/engine.md, "Precision": G·(2^-8 + 2^-24)/4 with G from float32 against float64 (tiny: ~30)
+    bound = summary["bfloat16"]
+    assert 1 < bound["amplification"] < 1e3 and 0 < bound["tolerance_vs_fp32"] < 0.1
+    assert bound["within_tolerance"] is True and 0 < bf16["max_abs_diff_vs_fp32"] <= bound["tolerance_vs_fp32"]
+    assert summary["float32"]["tolerance_vs_fp32"] is None

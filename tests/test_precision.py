@@ -200,3 +200,25 @@ def test_in_bfloat16_scores_are_read_in_float32_from_the_last_hidden_state(engin
         logits = hidden.double() @ weight.T
         want = torch.sigmoid(logits[0, eng.yes_ids].logsumexp(-1) - logits[0, eng.no_ids].logsumexp(-1))
         assert abs(got[question][0] - float(want)) < 1e-6, question
+
+
+# ---------------------------------------------------------------------------- between dtypes
+
+
+def test_bfloat16_scores_are_within_the_bound_the_models_amplification_sets(engine64, engine16, tiny_model_dir):
+    """A bfloat16 score is within G·(2^-8 + 2^-24)/4 of float32's, G the model's amplification of a rounding
+    measured in float32 against float64 (docs/engine.md): the difference is bfloat16's rounding, amplified."""
+    from monitor.engine.local.precision import amplification, between_dtypes
+
+    eng32 = Engine.load(ModelSettings(path=tiny_model_dir, device="cpu", dtype="float32"))
+    scores = {}
+    for name, eng in (("float64", engine64), ("float32", eng32), ("bfloat16", engine16)):
+        got = eng.score_windows(WINDOWS, [QUESTIONS] * len(WINDOWS))
+        scores[name] = [s for w in got for s, _ in (w[q] for q in QUESTIONS)]
+    g = max(amplification(a, b, torch.float32) for a, b in zip(scores["float32"], scores["float64"], strict=True))
+    assert 1 < g < 1e3, g  # tiny: ~30 (a bound of ~0.03); a model this well conditioned makes the check meaningful
+    bound = between_dtypes(g, torch.bfloat16)
+    assert bound < 0.1
+    diff = max(abs(a - b) for a, b in zip(scores["bfloat16"], scores["float32"], strict=True))
+    assert 0 < diff <= bound, (diff, bound, g)
+    assert between_dtypes(4e3, torch.bfloat16) == 1.0  # `small`'s amplification: no bound at all

@@ -22,6 +22,13 @@ check (`selfcheck`) allows that much:
 - float64: the paths are exact; 1e-9 allows float64's rounding (2^-53) only.
 
 Scores are read in float32 whatever the dtype (`answers.AnswerHead`).
+
+Between two dtypes (`between_dtypes`) the paths do not matter, the model's conditioning does: a
+bfloat16 score misses the exact one by G·u/4 and float32's by 1/65536 of that, so a bfloat16
+score is within G·(2^-8 + 2^-24)/4 of float32's, G measured in float32 against float64 (in
+bfloat16, whose sums are float32, G was smaller still: 16 against 30 on tiny, 840 against 3.9e3
+on `small`). That is a bound for a model, not one number: about 0.03 on tiny; vacuous (above 1) on the
+random-weight `small`, whose answers in two dtypes are then unrelated (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -45,6 +52,21 @@ def score_tolerance(dtype: torch.dtype) -> float:
         return FLOAT32
     u = UNIT_ROUNDOFF.get(dtype, UNIT_ROUNDOFF[torch.bfloat16])  # an unknown dtype: as coarse as bfloat16
     return BFLOAT16_SCORE * min(1.0, math.sqrt(u / UNIT_ROUNDOFF[torch.bfloat16]))
+
+
+def amplification(got: float, exact: float, dtype: torch.dtype) -> float:
+    """G: how much a model amplifies a rounding into a score, from one score in `dtype` and the same in float64.
+
+    4·|got - exact| / u: the log-odds' miss per unit roundoff where a score is near 0.5 (|d score| <=
+    |d log-odds| / 4), and no more elsewhere. Taken on the scores themselves, not their log-odds: near
+    0 or 1 a float32 probability's own rounding would swamp the log-odds.
+    """
+    return 4 * abs(got - exact) / UNIT_ROUNDOFF[dtype]
+
+
+def between_dtypes(g: float, dtype: torch.dtype, reference: torch.dtype = torch.float32) -> float:
+    """Max |score in `dtype` - score in `reference`| on a model of amplification `g` (at most 1)."""
+    return min(1.0, g * (UNIT_ROUNDOFF[dtype] + UNIT_ROUNDOFF[reference]) / 4)
 
 
 def encoder_tolerance(dtype: torch.dtype) -> float:
