@@ -91,7 +91,7 @@ def test_a_broken_edit_keeps_the_running_rules(setup, caplog: pytest.LogCaptureF
     assert not outcome.ok and outcome.ruleset is None
     assert [str(p) for p in outcome.problems] == [
         f"{file}:7: rules[0].colour: unknown key; a yes_no rule has: id, name, enabled, schedule, icon, entity_category, "
-        "ask, gate, answer, use, threshold, release, patience, hold, cooldown, device_class",
+        "ask, gate, answer, use, threshold, release, patience, hold, cooldown, device_class, describe, describe_prompt",
         f"{file}:10: rules[1].threshold: must be between 0 and 1 (got 8)",
     ]
     for problem in outcome.problems:  # every error is logged
