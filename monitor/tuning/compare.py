@@ -30,6 +30,7 @@ from monitor.engine.api import Question, Request
 from monitor.labels.store import LabelClip, load_audio
 from monitor.rules import YesNoRule
 from monitor.tuning.ranking import at_budget, paired_auc_gain, roc_auc, wilson
+from monitor.tuning.reports import text_table
 from monitor.windows import Window
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,7 @@ def format_table(report: dict[str, Any], width: int = 60) -> str:
             f"{vs['auc_diff']:+.2f} [{vs['low']:+.2f},{vs['high']:+.2f}]" + (" clear" if vs["clear"] else " noise"))
         rows.append([str(p["n"]), ask, _cell(p["auc"]), recall, _cell(p["threshold"], "g"), fa, str(len(p["wrong"])),
                      versus])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     clips = report["clips"]
     lines.append("")
     lines.append(f"{report['rule']}: {clips['positive']} positive and {clips['negative']} negative clip(s) "

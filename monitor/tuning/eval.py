@@ -27,6 +27,7 @@ from monitor.events import Event
 from monitor.rules import RuleEngine, RuleSet, YesNoRule
 from monitor.tuning.labels import SCORED_KINDS, Dataset, Recording
 from monitor.tuning.metrics import Tally, best_threshold, rule_spans
+from monitor.tuning.reports import text_table
 from monitor.tuning.replay import SharedEngine, replay_file
 from monitor.tuning.rooms import with_recording
 from monitor.tuning.run import ReplayRun
@@ -220,9 +221,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"{best['threshold']:.2f}" if best else ("n/a" if entry["sweep"] is None else "none"),
             _pct(best["recall"]) if best else "-", _rate(best["fa_per_hour"]) if best else "-",
         ])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     audio = report["audio"]
     lines.append("")
     lines.append(f"{audio['recordings']} recording(s), {audio['seconds'] / 60:.1f} min of audio "

@@ -17,3 +17,11 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str,
     png = out_dir / f"{name}.png"
     plot(report, png)
     return {"report": path, "plot": png}
+
+
+def text_table(rows: list[list[str]]) -> list[str]:
+    """Rows of cells (the first is the heading) as aligned lines, a rule of dashes under the heading."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
