@@ -34,16 +34,18 @@ def live(tmp_path_factory, tiny_model_dir) -> Iterator[dict]:
                           extra={"windows.hop": "1s", "log.level": "info"})
     sub = Subscriber(broker.host, broker.port, "am/#")
     daemon = DaemonProcess(config)
+    state = {"sub": sub, "tmp": tmp, "daemon": daemon, "config": config, "source": sf.read(wav, dtype="float32")[0],
+             "labels": tmp / "state" / "labels" / ROOM / RULE, "outputs": []}
     try:
-        url = web_url(daemon)
+        state["url"] = web_url(daemon)
         daemon.wait_log("listening:", timeout=120)
-        yield {"url": url, "sub": sub, "tmp": tmp, "daemon": daemon, "source": sf.read(wav, dtype="float32")[0],
-               "labels": tmp / "state" / "labels" / ROOM / RULE}
+        yield state
     finally:
-        daemon.stop()
+        state["daemon"].stop()  # the one running now (the last test starts it again)
         sub.close()
         broker.stop()
-    assert "Traceback" not in daemon.output, daemon.output
+    for output in [*state["outputs"], state["daemon"].output]:
+        assert "Traceback" not in output, output
 
 
 def post(url: str, body: dict, headers: dict | None = None) -> tuple[int, str]:
@@ -197,3 +199,26 @@ def test_the_page_shows_the_last_comparison_written_where_compare_puts_it_by_def
     best = max(report["phrasings"], key=lambda p: p["auc"])
     assert shown()["best"]["ask"] == best["ask"] and shown()["best"]["auc"] == best["auc"]
     assert shown()["current_auc"] == report["phrasings"][0]["auc"]
+
+
+def test_an_alert_from_before_a_restart_can_still_be_labelled(live):
+    """A phone notification outlives the daemon that sent it: "right" pressed after a restart still finds the
+    alert's clip, score and question (state_dir/recent-alerts.jsonl)."""
+    sub, folder = live["sub"], live["labels"]
+    labelled = {json.loads(p.read_text())["event"] for p in folder.rglob("*.json")}
+    fresh = lambda: [e for e in on_events(sub) if e["id"] not in labelled and Path(e["clip"]).is_file()]  # noqa: E731
+    wait_until(fresh, 60, "an alert not labelled yet")
+    alert = fresh()[-1]
+    live["daemon"].stop()
+    live["outputs"].append(live["daemon"].output)
+    live["daemon"] = DaemonProcess(live["config"])
+    live["daemon"].wait_log("listening:", timeout=120)
+    before = set(saved(folder))
+    sub.client.publish(f"am/{ROOM}/{RULE}/set/label", json.dumps({"event": alert["id"], "verdict": "right"}),
+                       qos=1).wait_for_publish(5)
+    wait_until(lambda: set(saved(folder)) - before, 15, "the label of an alert from before the restart")
+    (wav,) = set(saved(folder)) - before
+    side = json.loads(wav.with_suffix(".json").read_text())
+    assert (side["event"], side["verdict"], side["question"]) == (alert["id"], "positive", QUESTION)
+    assert side["score"] == pytest.approx(alert["score"], abs=1e-4)
+    assert np.array_equal(sf.read(wav, dtype="float32")[0], sf.read(alert["clip"], dtype="float32")[0])

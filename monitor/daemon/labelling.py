@@ -5,8 +5,9 @@ bounded); the main loop carries it out in `apply`, where the clips are also writ
 so a clip is never read while retention deletes it. What is saved is what the model heard:
 
 - an alert: the event's evidence clip (its window with `clips.pre_roll` before it), read back;
-  the daemon remembers the latest ON events of yes/no rules (bounded) with their clip, score,
-  question and model. A clip already deleted by retention is said so (410); nothing else is saved.
+  the daemon remembers the latest ON events of yes/no rules (bounded, across restarts:
+  `monitor.labels.recent`) with their clip, score and question. A clip already deleted by
+  retention is said so (410); nothing else is saved.
 - a miss: the last N seconds of the room's ring buffer (`ActiveRoom.recent_audio`), as a positive.
 
 Nothing is kept while the room is muted, nor for text and match rules (the store refuses those).
@@ -23,7 +24,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import soundfile as sf
 from monitor.config import Config
 from monitor.engine.api import Result
 from monitor.events import Event, iso_time
+from monitor.labels.recent import Heard, RecentAlerts
 from monitor.labels.requests import LabelRequest, Outcome
 from monitor.labels.store import Label, LabelStore, compare_dir, read_labels, verdict_of
 from monitor.rooms import ActiveRoom
@@ -41,22 +42,8 @@ from monitor.sinks import RoomState, Status
 
 log = logging.getLogger(__name__)
 
-RECENT = 500  # ON events remembered for labelling (older ones: "not known")
 QUEUE = 16  # labels waiting for the main loop; more are answered "busy"
 COMPARE_EVERY = 30.0  # seconds between looks for a newer compare report
-
-
-@dataclass(frozen=True)
-class Heard:
-    """What the daemon remembers of a recent alert, to label it later."""
-
-    room: str
-    rule: str
-    time: float
-    clip: str | None
-    score: float | None  # what the rule compares with its threshold (score or lift)
-    question: str | None
-    window_s: float  # the window's length: the end of the clip
 
 
 class Labeller:
@@ -70,7 +57,7 @@ class Labeller:
         self.store = LabelStore(self.state_dir / "labels", config.labels)
         self.show: Callable[[str, dict[str, Any]], None] | None = None  # the page's per-room summary, when it has one
         self.clock = clock
-        self._recent: collections.OrderedDict[str, Heard] = collections.OrderedDict()
+        self.recent = RecentAlerts(self.state_dir)  # kept across restarts: a notification outlives the daemon
         self._rules: dict[str, RuleSet] = {}
         self._queue: collections.deque[tuple[LabelRequest, Future[Outcome]]] = collections.deque()
         self._compare_seen: dict[str, float] = {}
@@ -128,10 +115,10 @@ class Labeller:
             label = Label(room.id, rule.id, verdict, audio, end, question=getattr(rule, "ask", None), model=self.model,
                           origin=request.origin)
         else:
-            heard = self._recent.get(request.event)
+            heard = self.recent.get(request.event)
             if heard is None or heard.room != room.id or heard.rule != rule.id:
                 return Outcome(404, f"label not saved: event {request.event} of {room.id}/{rule.id} is not known "
-                                    f"(the daemon remembers its latest {RECENT} alerts since it started)")
+                                    f"(the daemon remembers its latest {self.recent.limit} alerts)")
             if heard.clip is None:
                 return Outcome(410, f"label not saved: no clip was kept of event {request.event} (clips.enabled is "
                                     "off, or it could not be written); a label needs the audio the model heard")
@@ -163,10 +150,8 @@ class Labeller:
         if event.kind != "on" or rule is None or rule.kind != "yes_no":
             return
         score = event.lift if getattr(rule, "use", "score") == "lift" else event.score
-        self._recent[event.id] = Heard(room, rule.id, event.ts, event.clip, score, getattr(rule, "ask", None),
-                                       max(0.0, event.window_end - event.window_start))
-        while len(self._recent) > RECENT:
-            self._recent.popitem(last=False)
+        self.recent.add(Heard(event.id, room, rule.id, event.ts, event.clip, score, getattr(rule, "ask", None),
+                              max(0.0, event.window_end - event.window_start)))
 
     def room_state(self, room: str, state: RoomState) -> None:
         if "rules" in state.changed:
