@@ -9,7 +9,8 @@ loader (`!input`), checked against the blueprint schema (`Blueprint`), its input
 (`BlueprintInputs`), the resulting automation validated as an automation config item (trigger
 platform mqtt, condition, actions), and then, per case, its variables, condition and actions run in a
 real `HomeAssistant` core (the same script engine, templates and service registry) with a notify
-service that records its calls.
+service and an mqtt.publish that record their calls. A case is an MQTT message (`topic`, `payload`)
+or a notification button pressed (`action`: the companion app's mobile_app_notification_action).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ async def run(path: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
             calls.append({"service": f"{call.domain}.{call.service}", **call.data})
 
         hass.services.async_register("notify", "phones", record)
+        from homeassistant.components.mqtt import MQTT_PUBLISH_SCHEMA  # its own checks: the payload as it is published
+
+        hass.services.async_register("mqtt", "publish", record, schema=MQTT_PUBLISH_SCHEMA)  # a label button's message
         for case in cases:
             given = dict(case["input"])
             if "phone" in case:  # a phone of the companion app, by its name: its device, and its notify service
@@ -62,14 +66,23 @@ async def run(path: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
             validated = await async_validate_config_item(hass, "test", automation)
             config = validated.config if hasattr(validated, "config") else validated
             assert getattr(validated, "validation_failed", False) is False, getattr(validated, "validation_error", "")
-            (trigger,) = config["trigger"]
-            raw = case["payload"] if isinstance(case["payload"], str) else json.dumps(case["payload"])
-            trigger_vars: dict[str, Any] = {"platform": "mqtt", "topic": case["topic"], "payload": raw, "qos": 0,
-                                            "description": f"mqtt topic {case['topic']}"}
-            try:
-                trigger_vars["payload_json"] = json.loads(raw)
-            except ValueError:
-                pass
+            triggers = {t["platform"]: t for t in config["trigger"]}
+            trigger = triggers["mqtt"]
+            if "action" in case:  # a notification's button pressed: the companion app's event
+                event = triggers["event"]
+                types = [getattr(t, "template", t) for t in event["event_type"]]
+                assert types == ["mobile_app_notification_action"], event
+                trigger_vars: dict[str, Any] = {
+                    "platform": "event", "id": event.get("id", "1"), "description": "event",
+                    "event": {"event_type": "mobile_app_notification_action", "data": {"action": case["action"]}}}
+            else:
+                raw = case["payload"] if isinstance(case["payload"], str) else json.dumps(case["payload"])
+                trigger_vars = {"platform": "mqtt", "id": trigger.get("id", "0"), "topic": case["topic"], "payload": raw,
+                                "qos": 0, "description": f"mqtt topic {case['topic']}"}
+                try:
+                    trigger_vars["payload_json"] = json.loads(raw)
+                except ValueError:
+                    pass
             variables: dict[str, Any] = {"trigger": trigger_vars}
             variables = config["variables"].async_render(hass, variables)
             passes = True
@@ -81,7 +94,8 @@ async def run(path: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
                 script = Script(hass, config["action"], "test", "automation")
                 await script.async_run(run_variables=variables, context=Context())
                 await hass.async_block_till_done()
-            out["cases"].append({"topic_matches": _matches(getattr(trigger["topic"], "template", trigger["topic"]), case["topic"]), "condition": passes,
+            topic = getattr(trigger["topic"], "template", trigger["topic"])
+            out["cases"].append({"topic_matches": "action" in case or _matches(topic, case["topic"]), "condition": passes,
                                  "calls": calls[before:]})
         await hass.async_stop()
     return out
