@@ -147,7 +147,7 @@ def test_speech_through_the_virtual_microphone(vmic, tmp_path, mic_rate, channel
 
 
 def test_no_overflow_under_cpu_load(vmic):
-    """60 s of capture while two threads hog the CPU (standing in for inference)."""
+    """30 s of capture (15 hops) while two threads hog the CPU (standing in for inference)."""
     import torch
 
     stop = threading.Event()
@@ -177,7 +177,7 @@ def test_no_overflow_under_cpu_load(vmic):
         first_index = ring.written
         for w in sched.windows():
             windows.append((w.start, w.end))
-            if time.monotonic() - t0 >= 60:
+            if time.monotonic() - t0 >= 30:
                 break
         elapsed = time.monotonic() - t0
         captured = ring.written - first_index
@@ -188,7 +188,7 @@ def test_no_overflow_under_cpu_load(vmic):
     assert sched.skipped == 0
     # windows every hop, no gaps or repeats in the absolute indices
     assert all(b == a + 2 * RATE for (a, _), (b, _) in zip(windows, windows[1:]))
-    assert len(windows) >= 25
+    assert len(windows) >= 12
     # the indices track real time: no samples went missing (allow PulseAudio's start-up latency)
     assert captured == pytest.approx(elapsed * RATE, rel=0.03)
 
