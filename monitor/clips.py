@@ -1,18 +1,26 @@
 """Evidence clips: the audio that turned a rule ON, kept as WAV files for a person to check.
 
+A clip is the window that decided, `pre_roll` seconds before it and `post_roll` after it: the
+cry after the thud. The alarm does not wait for the post-roll: the clip is written at once
+(window and pre-roll) and completed, rewritten aside and renamed, once the room has heard the
+post-roll (`complete`, each turn of the main loop). A post-roll that a mute began in, or that
+the ring no longer holds, is left out: the clip stays as first written.
+
 Retention by age and total size, oldest first, never deleting a clip that an event still
-waiting in the MQTT outbox refers to (a hub may fetch it once the event arrives). Saving and
-pruning both run on the daemon's control thread, so they never race each other.
+waiting in the MQTT outbox refers to (a hub may fetch it once the event arrives). Saving,
+completing and pruning all run on the daemon's control thread, so they never race each other.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,18 @@ log = logging.getLogger(__name__)
 
 PARTIAL = ".part"  # a clip being written; renamed into place when complete
 NOTE = ".json"  # beside a clip: what is known of it (its incident: the rooms, the description); goes with it
+KNOWN = 1000  # clips whose window's place in them is remembered (for labels)
+PENDING = 100  # clips waiting for their post-roll, at most
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A clip waiting for its post-roll: samples [first, end) of the ring are in it, [first, until) will be."""
+
+    path: Path
+    first: int
+    end: int
+    until: int
 
 
 class ClipStore:
@@ -39,7 +59,10 @@ class ClipStore:
         self.clock = clock
         self.saved = 0
         self.deleted = 0
+        self.completed = 0
         self._warned = False
+        self._pending: list[_Pending] = []
+        self._windows: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def wants(self, event: Event, rule_kind: str) -> bool:
         """Whether this event gets a clip: ON events, and text/match events only when allowed.
@@ -57,7 +80,8 @@ class ClipStore:
         """Save samples [start - pre_roll, end) of the ring; None (logged) when it cannot.
 
         The pre-roll is cut short where the ring no longer holds it (or before the first sample),
-        and where a mute ended: audio from while it was muted is never saved.
+        and where a mute ended: audio from while it was muted is never saved. The post-roll is
+        added by `complete` once heard.
         """
         first = max(ring.oldest, start - int(round(self.settings.pre_roll * ring.sample_rate)), 0)
         if ring.private_end <= start:
@@ -69,11 +93,56 @@ class ClipStore:
             return None
         stamp = datetime.fromtimestamp(event.ts).strftime("%Y%m%d-%H%M%S")
         path = self.folder / f"{stamp}_{event.rule_id}_{event.id[:8]}.wav"
+        if not self._write(path, audio, ring.sample_rate):
+            return None
+        self.saved += 1
+        rate = ring.sample_rate
+        self._windows[str(path)] = ((start - first) / rate, (end - first) / rate)
+        while len(self._windows) > KNOWN:
+            self._windows.popitem(last=False)
+        post = int(round(self.settings.post_roll * rate))
+        if post > 0:
+            self._pending.append(_Pending(path, first, end, end + post))
+            del self._pending[:-PENDING]  # a room that stopped hearing leaves them waiting: the oldest go
+        return path
+
+    def window_in(self, clip: str | Path) -> tuple[float, float] | None:
+        """Where the window that decided lies in a clip saved since the start: (start, end) seconds from its start."""
+        return self._windows.get(str(clip))
+
+    def complete(self, ring: RingBuffer, muted: bool) -> int:
+        """Add the post-roll to the clips whose post-roll the room has heard; how many were completed.
+
+        Left as first written: a clip whose post-roll a mute began in (or that is muted now), or
+        whose samples the ring no longer holds. Never raises for a clip that cannot be rewritten.
+        """
+        if not self._pending:
+            return 0
+        done = 0
+        waiting = []
+        for pending in self._pending:
+            if ring.written < pending.until and not muted:
+                waiting.append(pending)
+                continue
+            if muted or ring.private_end > pending.end or not pending.path.is_file():
+                continue  # nothing heard while muted is saved; a clip pruned meanwhile stays gone
+            try:
+                audio = ring.read(pending.first, pending.until)
+            except (Overwritten, LookupError) as exc:
+                log.debug("clips: %s kept without its post-roll (%s)", pending.path.name, exc)
+                continue
+            if self._write(pending.path, audio, ring.sample_rate):
+                done += 1
+        self._pending = waiting
+        self.completed += done
+        return done
+
+    def _write(self, path: Path, audio: np.ndarray, rate: int) -> bool:
+        """Write a clip aside and rename it into place: a hub never fetches, and retention never counts, half a file."""
         partial = path.with_name(path.name + PARTIAL)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            # written aside and renamed: a hub never fetches, and retention never counts, half a file
-            sf.write(partial, np.clip(audio, -1.0, 1.0), ring.sample_rate, subtype="PCM_16", format="WAV")
+            sf.write(partial, np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
             os.replace(partial, path)
         except (OSError, sf.LibsndfileError) as exc:
             if not self._warned:
@@ -81,9 +150,8 @@ class ClipStore:
                 self._warned = True
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
-            return None
-        self.saved += 1
-        return path
+            return False
+        return True
 
     def save_note(self, clip: str | Path, note: dict[str, Any]) -> None:
         """Keep `note` beside a clip of this folder (`NAME.json`), replacing the last one; logged when it cannot."""

@@ -117,6 +117,8 @@ class ClipSettings(Section):
     """Global switch; nothing is saved while muted, whatever this says."""
     pre_roll: Duration = Field(2.0, ge=0, le=30)
     """Seconds before the window that are saved with it (taken from the ring buffer)."""
+    post_roll: Duration = Field(2.0, ge=0, le=30)
+    """Seconds after the window added to its clip once heard (the clip is written at once, then completed)."""
     text_rules: bool = False
     """Also save clips for text and match events (speech: off by default for privacy)."""
     max_age: Duration = Field(7 * 86400.0, gt=0)
@@ -243,11 +245,11 @@ def cross_checks(config: Config) -> list[tuple[tuple[str, ...], str]]:
     w = config.windows
     if w.hop > w.length:
         out.append((("windows", "hop"), f"must not exceed windows.length ({w.length:g}s): audio between windows would never be heard"))
-    need = w.length + 2 * w.hop + config.clips.pre_roll
+    need = w.length + 2 * w.hop + config.clips.pre_roll + config.clips.post_roll
     out.extend(_sources_problems(config))
     for room in config.rooms:
         if room.audio.buffer_seconds < need:
-            out.append(((*room.loc, "audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre-roll ({need:g}s), got {room.audio.buffer_seconds:g}s"))
+            out.append(((*room.loc, "audio", "buffer_seconds"), f"must hold at least a window, two hops and the clips' pre- and post-roll ({need:g}s), got {room.audio.buffer_seconds:g}s"))
         if room.loc and config.sources is not None and config.sources[room.id].rules is not None:
             problem = _rules_problem(room.rules) or _read_by_others(config, room)
             if problem:

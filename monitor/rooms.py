@@ -110,6 +110,13 @@ class ActiveRoom:
             return event
         return event.with_clip(str(path)) if path is not None else event
 
+    def complete_clips(self) -> None:
+        """Add the post-roll to the clips whose post-roll this room has now heard (the control thread)."""
+        try:
+            self.clips.complete(self.pipeline.ring, self.pipeline.muted)
+        except Exception as exc:  # noqa: BLE001 - a clip stays as first written; the room listens on
+            self._survive(f"completing the clips of {self.id}", exc)
+
     def recent_audio(self, seconds: float) -> tuple[np.ndarray, float]:
         """The last `seconds` of what the room heard (less where the ring holds less, or a mute ended
         inside them: nothing heard while muted is handed out), and the wall time of its end.

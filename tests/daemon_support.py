@@ -64,7 +64,7 @@ def write_config(tmp_path: Path, model_dir: Path, broker_port: int, *, source: s
         "state_dir": str(tmp_path / "state"),
         "metrics": {"port": 0},
         "web": {"port": 0},  # a free port each: daemons of parallel tests never collide on 8765
-        "clips": {"pre_roll": "1s"},
+        "clips": {"pre_roll": "1s", "post_roll": "1s"},
         "stop_timeout": "5s",
         "log": {"level": "debug"},
     }

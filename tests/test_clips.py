@@ -71,6 +71,47 @@ def test_pre_roll_is_cut_short_where_there_is_no_audio(tmp_path, what, fed, capa
     assert np.max(np.abs(audio - audio_fed[expected_first * RATE:(start + 1) * RATE])) <= QUANT
 
 
+def _feed(ring: RingBuffer, seconds: float, seed: int, muted: bool = False) -> np.ndarray:
+    audio = (np.random.default_rng(seed).uniform(-0.9, 0.9, int(seconds * RATE))).astype(np.float32)
+    ring.set_muted(muted)
+    for i in range(0, len(audio), RATE // 10):
+        ring.write(audio[i:i + RATE // 10])
+    ring.set_muted(False)
+    return audio
+
+
+def test_the_post_roll_is_added_once_the_room_has_heard_it(tmp_path):
+    ring, fed = _ring(8, capacity=20)
+    store = ClipStore(tmp_path, ClipSettings(pre_roll=2.0, post_roll=1.5))
+    path = store.save(_event(), ring, 5 * RATE, 7 * RATE)  # the window ends 1 s before the newest sample
+    assert len(sf.read(path)[0]) == 4 * RATE  # written at once: the alarm does not wait for the post-roll
+    assert store.window_in(path) == (2.0, 4.0)
+    assert store.complete(ring, muted=False) == 0 and len(sf.read(path)[0]) == 4 * RATE  # 1 of 1.5 s heard
+    fed = np.concatenate([fed, _feed(ring, 1.0, seed=1)])
+    assert store.complete(ring, muted=False) == 1 and store.completed == 1
+    audio, _ = sf.read(path, dtype="float32")
+    assert len(audio) == int(5.5 * RATE) and np.max(np.abs(audio - fed[3 * RATE:int(8.5 * RATE)])) <= QUANT
+    assert store.window_in(path) == (2.0, 4.0)  # the window's place in the clip is where it was
+    assert store.complete(ring, muted=False) == 0  # done once
+    assert sorted(tmp_path.iterdir()) == [path]  # written aside and renamed: nothing half-written beside it
+
+
+@pytest.mark.parametrize("what", ["muted during the post-roll", "muted now", "the ring lapped it", "pruned"])
+def test_a_clip_whose_post_roll_cannot_be_kept_stays_as_first_written(tmp_path, what):
+    ring, _ = _ring(8, capacity=6 if what == "the ring lapped it" else 20)
+    store = ClipStore(tmp_path, ClipSettings(pre_roll=2.0, post_roll=1.0))
+    path = store.save(_event(), ring, 5 * RATE, 7 * RATE)
+    first = sf.read(path, dtype="float32")[0]
+    _feed(ring, 0.5, seed=2)
+    _feed(ring, 0.5 if what != "the ring lapped it" else 5.0, seed=3, muted=what == "muted during the post-roll")
+    if what == "pruned":
+        path.unlink()
+    assert store.complete(ring, muted=what == "muted now") == 0
+    assert what == "pruned" and not path.exists() or np.array_equal(sf.read(path, dtype="float32")[0], first)
+    _feed(ring, 2.0, seed=4)
+    assert store.complete(ring, muted=False) == 0  # given up on, not retried with what came later
+
+
 WANTS = [
     ("an ON event", {}, "on", "yes_no", True),
     ("an OFF event", {}, "off", "yes_no", False),

@@ -77,6 +77,11 @@ def on_events(sub: Subscriber, after: int = 0) -> list[dict]:
             if t == f"am/{ROOM}/{RULE}/event" and json.loads(p)["kind"] == "on" and json.loads(p).get("clip")]
 
 
+def completed(clip: str | Path) -> None:
+    """Wait for a clip's post-roll: 1 s pre-roll + a 2 s window + 1 s post-roll."""
+    wait_until(lambda: sf.info(str(clip)).duration == 4.0, 10, f"the post-roll of {clip}")
+
+
 def test_an_alert_labelled_on_the_page_and_over_mqtt_keeps_the_window_it_was_heard_in(browser, live):  # noqa: F811
     errors: list[str] = []
     page = open_page(browser, live["url"], errors)
@@ -86,23 +91,27 @@ def test_an_alert_labelled_on_the_page_and_over_mqtt_keeps_the_window_it_was_hea
     li = item.evaluate_handle("b => b.closest('li')").as_element()
     event = li.get_attribute("data-id")
     clip = live["tmp"] / "state" / "clips" / li.query_selector("audio").get_attribute("src").rsplit("/", 1)[1]
+    completed(clip)  # with its post-roll
     item.click()  # "false alarm"
     page.wait_for_selector(f'li[data-id="{event}"] .label-result[data-status="200"]', timeout=15_000)
     (wav,) = saved(live["labels"] / "negative")
     audio, rate = sf.read(wav, dtype="float32")
     heard, _ = sf.read(clip, dtype="float32")
-    assert rate == 16_000 and np.array_equal(audio, heard)  # the clip: the window and its pre-roll, sample for sample
+    assert rate == 16_000 and np.array_equal(audio, heard)  # the clip: the window, its pre- and post-roll, sample for sample
     side = json.loads(wav.with_suffix(".json").read_text())
     assert (side["event"], side["verdict"], side["origin"], side["question"]) == (event, "negative", "page", QUESTION)
     assert side["model"] and isinstance(side["score"], float)
-    assert side["window"] == {"start": 1.0, "end": 3.0} and side["duration"] == 3.0  # clips.pre_roll 1s + a 2s window
-    # ... which is the source's audio at that place: 1 s before the window, then the window
+    assert side["window"] == {"start": 1.0, "end": 3.0} and side["duration"] == 4.0  # 1 s pre-roll, 2 s window, 1 s post
+    # ... which is the source's audio at that place: 1 s before the window, the window, 1 s after it
     start = where_in(live["source"], audio)
     assert np.array_equal(live["source"][start:start + len(audio)], audio)
 
     # the same over MQTT ("right", from the phone) for another alert; a bad payload is one line and nothing more
     sub = live["sub"]
-    other = next(e for e in reversed(on_events(sub)) if e["id"] != event)
+    others = lambda: [e for e in on_events(sub)[1:] if e["id"] != event]  # noqa: E731 - the first has no pre-roll
+    wait_until(others, 30, "another alert")
+    other = others()[-1]
+    completed(other["clip"])
     client = sub.client
     client.publish(f"am/{ROOM}/{RULE}/set/label", b'{"event": "x", "verdict": "perhaps"}', qos=1).wait_for_publish(5)
     client.publish(f"am/{ROOM}/{RULE}/set/label", json.dumps({"event": other["id"], "verdict": "right"}),

@@ -4,7 +4,8 @@ The page and MQTT hand a `LabelRequest` to `submit` (on their own threads: it is
 bounded); the main loop carries it out in `apply`, where the clips are also written and pruned,
 so a clip is never read while retention deletes it. What is saved is what the model heard:
 
-- an alert: the event's evidence clip (its window with `clips.pre_roll` before it), read back;
+- an alert: the event's evidence clip (its window with `clips.pre_roll` before it and, once heard,
+  `clips.post_roll` after it), read back;
   the daemon remembers the latest ON events of yes/no rules (bounded, across restarts:
   `monitor.labels.recent`) with their clip, score and question. A clip already deleted by
   retention is said so (410); nothing else is saved.
@@ -128,8 +129,9 @@ class Labeller:
                 return Outcome(410, f"label not saved: the clip of event {request.event} is gone ({heard.clip} was "
                                     "deleted by clips.max_age / clips.max_total_mb)")
             duration = len(audio) / rate
+            start = heard.window_at if heard.window_at is not None else max(0.0, duration - heard.window_s)
             label = Label(room.id, rule.id, verdict, audio, heard.time, event=request.event, question=heard.question,
-                          model=self.model, score=heard.score, window=(max(0.0, duration - heard.window_s), duration),
+                          model=self.model, score=heard.score, window=(start, min(duration, start + heard.window_s)),
                           origin=request.origin, sample_rate=rate)
         saved = self.store.save(label, muted=room.pipeline.muted, rule_kind=rule.kind)
         if not saved.ok:
@@ -150,8 +152,10 @@ class Labeller:
         if event.kind != "on" or rule is None or rule.kind != "yes_no":
             return
         score = event.lift if getattr(rule, "use", "score") == "lift" else event.score
+        active = self.rooms.get(room)
+        placed = active.clips.window_in(event.clip) if active is not None and event.clip else None
         self.recent.add(Heard(event.id, room, rule.id, event.ts, event.clip, score, getattr(rule, "ask", None),
-                              max(0.0, event.window_end - event.window_start)))
+                              max(0.0, event.window_end - event.window_start), placed[0] if placed else None))
 
     def room_state(self, room: str, state: RoomState) -> None:
         if "rules" in state.changed:

@@ -271,6 +271,7 @@ class Daemon:
         self.controls.apply(self.board)
         for room in self.rooms.values():
             self.board.check_hearing(room)
+            room.complete_clips()
         self.board.check_model()
         if self.reloads is not None and self.reloads.tick(now):
             self.board.report()

@@ -40,7 +40,8 @@ class Heard:
     clip: str | None
     score: float | None  # what the rule compares with its threshold (score or lift)
     question: str | None
-    window_s: float  # the window's length: the end of the clip
+    window_s: float  # the window's length
+    window_at: float | None = None  # where the window starts in the clip, seconds (None: it ends the clip)
 
 
 FIELDS = {f.name for f in fields(Heard)}
