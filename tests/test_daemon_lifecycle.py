@@ -98,7 +98,7 @@ def test_backpressure_skips_windows_never_capture(vmic, broker, tiny_model_dir, 
         time.sleep(8)
         early = tracemalloc.get_traced_memory()[0]
         skipped_early = daemon.pipeline.skipped
-        time.sleep(22)
+        time.sleep(14)
         late = tracemalloc.get_traced_memory()[0]
         pipeline = daemon.pipeline
         status = daemon.status()
@@ -108,8 +108,8 @@ def test_backpressure_skips_windows_never_capture(vmic, broker, tiny_model_dir, 
         tracemalloc.stop()
     assert codes == [0]
     assert source.stats.overflows == 0 and source.stats.lost_seconds == 0
-    # ~30 windows were cut (hop 1 s); the engine answered about one in three, the rest were skipped
-    assert pipeline.stats.windows >= 25
+    # ~22 windows were cut (hop 1 s); the engine answered about one in three, the rest were skipped
+    assert pipeline.stats.windows >= 18
     assert pipeline.skipped > skipped_early > 0
     assert pipeline.stats.processed + pipeline.skipped + 3 >= pipeline.stats.windows
     assert 0 < status["skipped"] <= pipeline.skipped and status["lag_s"] is not None

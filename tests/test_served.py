@@ -453,7 +453,7 @@ def _metric(port: str, name: str) -> float:
 
 
 def test_daemon_on_a_served_model_survives_the_server_going_away(vllm, broker, subscriber_factory, tmp_path):
-    """A satellite daemon: rule state and event through vLLM; the server gone for 20 s; answers resume."""
+    """A satellite daemon: rule state and event through vLLM; the server gone for 12 s; answers resume."""
     rate = 16000
     rng = np.random.default_rng(3)
     loud = lambda s: (rng.standard_normal(int(s * rate)) * 0.1).astype(np.float32)  # noqa: E731
@@ -479,12 +479,12 @@ def test_daemon_on_a_served_model_survives_the_server_going_away(vllm, broker, s
         down_at = time.monotonic()
         failed_before = _metric(port, "windows_failed_total")
         lags = []
-        while time.monotonic() - down_at < 20:
+        while time.monotonic() - down_at < 12:
             time.sleep(1)
             lags.append(_metric(port, "lag_seconds"))
             assert daemon.proc.poll() is None, daemon.output
         failed = _metric(port, "windows_failed_total") - failed_before
-        assert failed >= 10, failed  # every loud window asked, and failed, about once a second
+        assert failed >= 8, failed  # every loud window asked, and failed, about once a second
         assert max(lags) < 4, lags  # capture never waited for the server
         gate.up()
         up_at = time.monotonic()
@@ -493,7 +493,7 @@ def test_daemon_on_a_served_model_survives_the_server_going_away(vllm, broker, s
             assert time.monotonic() - up_at < 20, daemon.output[-3000:]
             time.sleep(0.5)
         stuck = _metric(port, "windows_failed_total")
-        sub.wait_for(lambda t, p, r: t == "am/test_node/info" and json.loads(p).get("failed", 0) >= 10, timeout=15)
+        sub.wait_for(lambda t, p, r: t == "am/test_node/info" and json.loads(p).get("failed", 0) >= 8, timeout=15)
         # the rule works again end to end: OFF in the silence, ON again when the noise returns
         ons = lambda: [e for e in events_of(sub.messages) if e["kind"] == "on"]  # noqa: E731
         sub.wait_for(lambda t, p, r: t == "am/test_node/loud/event" and json.loads(p)["kind"] == "off", timeout=30)
