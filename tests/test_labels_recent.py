@@ -39,18 +39,21 @@ def test_the_file_is_rewritten_with_the_newest_when_it_holds_twice_the_limit(tmp
     assert not (tmp_path / (FILE + ".part")).exists()
 
 
-def test_a_line_cut_short_by_a_crash_is_skipped_and_said_once(tmp_path, caplog):
+def test_lines_cut_short_by_a_crash_or_not_alerts_are_skipped_and_said_once(tmp_path, caplog):
     alerts = RecentAlerts(tmp_path)
     alerts.add(heard(1))
     alerts.add(heard(2))
     alerts.close()
     with open(tmp_path / FILE, "a") as f:
+        f.write('{"event": "event-4", "room": "kitchen", "rule": "fall", "time": "yesterday", "window_s": 8}\n')  # by hand
+        f.write('["not", "an", "alert"]\n')
         f.write('{"event": "event-3", "room": "kitch')  # the power went mid-line
     with caplog.at_level(logging.WARNING, logger="monitor.labels.recent"):
         again = RecentAlerts(tmp_path)
-    assert again.get("event-1") == heard(1) and again.get("event-2") == heard(2) and again.get("event-3") is None
+    assert again.get("event-1") == heard(1) and again.get("event-2") == heard(2)
+    assert again.get("event-3") is None and again.get("event-4") is None
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "skipped 1 unreadable line" in warnings[0] and str(tmp_path / FILE) in warnings[0]
+    assert len(warnings) == 1 and "skipped 3 unreadable line" in warnings[0] and str(tmp_path / FILE) in warnings[0]
 
 
 def test_an_unwritable_state_dir_is_said_once_and_the_alerts_are_still_known_until_the_end(tmp_path, caplog):

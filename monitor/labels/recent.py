@@ -45,6 +45,21 @@ class Heard:
 
 
 FIELDS = {f.name for f in fields(Heard)}
+_TEXT, _NUMBER = (str,), (int, float)
+_TYPES = {"event": _TEXT, "room": _TEXT, "rule": _TEXT, "time": _NUMBER, "clip": _TEXT + (type(None),),
+          "score": _NUMBER + (type(None),), "question": _TEXT + (type(None),), "window_s": _NUMBER,
+          "window_at": _NUMBER + (type(None),)}
+
+
+def _heard(data: object) -> Heard:
+    """One line's alert; ValueError when it is not one (hand-edited, or from a newer version gone back)."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    known = {k: v for k, v in data.items() if k in FIELDS}
+    for name, value in known.items():
+        if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
+            raise ValueError(f"{name} is {type(value).__name__}")
+    return Heard(**known)
 
 
 class RecentAlerts:
@@ -95,9 +110,8 @@ class RecentAlerts:
         for line in text.splitlines():
             self._lines += 1
             try:
-                data = json.loads(line)
-                heard = Heard(**{k: v for k, v in data.items() if k in FIELDS})
-            except (ValueError, TypeError, AttributeError):
+                heard = _heard(json.loads(line))
+            except (ValueError, TypeError):
                 bad += 1
                 continue
             self._alerts[heard.event] = heard
@@ -105,7 +119,7 @@ class RecentAlerts:
         while len(self._alerts) > self.limit:
             self._alerts.popitem(last=False)
         if bad:
-            log.warning("labels: skipped %d unreadable line(s) of %s (cut short by a crash?); the other %d alerts "
+            log.warning("labels: skipped %d unreadable line(s) of %s (cut short by a crash, or edited); the other %d alerts "
                         "can still be labelled", bad, self.path, len(self._alerts))
 
     def _append(self, heard: Heard) -> None:
