@@ -239,9 +239,13 @@ def test_daemon_with_a_full_state_dir_publishes_every_event_and_uses_the_outbox_
     assert "Traceback" not in out
     statuses = [json.loads(p)["publisher"] for t, p, _ in sub.messages if t == "am/test_node/info"]
     assert any(s["outbox_ok"] is False and s["outbox_problem"] for s in statuses), statuses
-    # each ON event's incident (one room: sent with it) went the same way as the event
-    incidents = len([k for k, _ in direct if k == "on"])
-    assert statuses[-1]["outbox_ok"] is True and statuses[-1]["direct_events"] == len(direct) + incidents
+    # each ON event's incident (one room: sent after it, as the main loop turns) went the same way as the event,
+    # but for one the daemon may have been held between the two: then it found the outbox writable again
+    routes = re.findall(r"incident loud [0-9a-f]+: .* via=(\w+)", out)
+    ons = [k for k, _ in direct if k == "on"]
+    assert routes == ["direct"] * routes.count("direct") + ["outbox"] * routes.count("outbox"), routes
+    assert len(ons) - 1 <= routes.count("direct") <= len(ons), (len(ons), routes)
+    assert statuses[-1]["outbox_ok"] is True and statuses[-1]["direct_events"] == len(direct) + routes.count("direct")
 
 
 def test_daemon_starts_with_a_damaged_outbox_it_cannot_move_aside(

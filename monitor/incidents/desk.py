@@ -138,11 +138,13 @@ class IncidentDesk:
         first = incident.sent == 0
         self.grouper.mark_sent(incident)
         body = json.dumps(payload, ensure_ascii=False)
-        log.info("incident %s %s: %s (%s)%s%s", incident.rule, incident.id, payload["room"],
-                 ", ".join(r["room"] for r in payload["rooms"]), " update" if payload["update"] else "",
-                 f" description={len(payload['description'])} chars" if payload["description"] else "")
+        route = None  # how it went out, as an event's line says: "outbox", or "direct" while the outbox cannot write
         if self.publish is not None:
-            self.publish(incident.rule, body.encode(), f"{incident.id}-{incident.sent}", payload["clip"])
+            route = self.publish(incident.rule, body.encode(), f"{incident.id}-{incident.sent}", payload["clip"])
+        log.info("incident %s %s: %s (%s)%s%s%s", incident.rule, incident.id, payload["room"],
+                 ", ".join(r["room"] for r in payload["rooms"]), " update" if payload["update"] else "",
+                 f" description={len(payload['description'])} chars" if payload["description"] else "",
+                 f" via={route}" if isinstance(route, str) else "")
         for member in incident.members:  # kept with each clip: the rooms, the description
             room = self.rooms.get(member.room)
             if room is not None and member.clip:
