@@ -121,11 +121,13 @@ class ClipStore:
         done = 0
         waiting = []
         for pending in self._pending:
-            if ring.written < pending.until and not muted:
+            if muted or ring.private_end > pending.end:
+                continue  # nothing heard while muted is saved: the clip stays as first written
+            if ring.written < pending.until:
                 waiting.append(pending)
                 continue
-            if muted or ring.private_end > pending.end or not pending.path.is_file():
-                continue  # nothing heard while muted is saved; a clip pruned meanwhile stays gone
+            if not pending.path.is_file():
+                continue  # pruned meanwhile: it stays gone
             try:
                 audio = ring.read(pending.first, pending.until)
             except (Overwritten, LookupError) as exc:

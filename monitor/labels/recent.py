@@ -44,18 +44,18 @@ class Heard:
     window_at: float | None = None  # where the window starts in the clip, seconds (None: it ends the clip)
 
 
-FIELDS = {f.name for f in fields(Heard)}
 _TEXT, _NUMBER = (str,), (int, float)
 _TYPES = {"event": _TEXT, "room": _TEXT, "rule": _TEXT, "time": _NUMBER, "clip": _TEXT + (type(None),),
           "score": _NUMBER + (type(None),), "question": _TEXT + (type(None),), "window_s": _NUMBER,
-          "window_at": _NUMBER + (type(None),)}
+          "window_at": _NUMBER + (type(None),)}  # what a line's fields may hold: one entry per field of Heard
+assert set(_TYPES) == {f.name for f in fields(Heard)}
 
 
 def _heard(data: object) -> Heard:
     """One line's alert; ValueError when it is not one (hand-edited, or from a newer version gone back)."""
     if not isinstance(data, dict):
         raise ValueError("not an object")
-    known = {k: v for k, v in data.items() if k in FIELDS}
+    known = {k: v for k, v in data.items() if k in _TYPES}
     for name, value in known.items():
         if not isinstance(value, _TYPES[name]) or isinstance(value, bool):
             raise ValueError(f"{name} is {type(value).__name__}")
